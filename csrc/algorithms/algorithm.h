@@ -1,0 +1,85 @@
+// What every allreduce algorithm takes, and the helpers they share.
+// One algorithm per file: ring.cpp, halving_doubling.cpp, shm_allreduce.cpp, hierarchical.cpp.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "kernels/reduce.h"
+#include "transport/p2p.h"
+
+namespace far {
+
+enum class Algo : uint8_t { kAuto, kRing, kHalvingDoubling, kShm, kHierarchical };
+const char* algo_name(Algo a);
+
+// One in-place allreduce of `count` elements at `buf`.
+struct Job {
+  void* buf = nullptr;
+  size_t count = 0;
+  DType dtype = DType::kFloat32;
+  RedOp op = RedOp::kSum;
+  int divisor = 1;  // avg divides by this (the world size of the whole collective)
+  size_t esize() const { return dtype_size(dtype); }
+  char* at(size_t elem) const { return static_cast<char*>(buf) + elem * esize(); }
+};
+
+struct AlgoOptions {
+  size_t chunk_bytes = 512 * 1024;  // pipeline segment
+  int window = 4;                   // receives posted ahead (staging buffers)
+  int threads = 1;                  // kernel threads
+};
+
+// Receive buffers owned by the communicator. Algorithms receive only into these, never into
+// user memory, so that an abandoned receive (after an abort) can never write into a freed tensor.
+class Staging {
+ public:
+  char* get(int i, size_t bytes);
+  // After an abort the transport may still write into these: keep them alive forever.
+  void leak();
+  ~Staging();
+
+ private:
+  std::vector<std::pair<char*, size_t>> bufs_;
+  bool leaked_ = false;
+};
+
+// Element range [begin, begin + len).
+struct Span {
+  size_t begin = 0, len = 0;
+};
+// Part i of `n` elements split into `parts` near-equal contiguous parts.
+inline Span part(size_t n, int parts, int i) {
+  const size_t base = n / parts, rem = n % parts;
+  const size_t b = i * base + std::min<size_t>(i, rem);
+  return Span{b, base + (static_cast<size_t>(i) < rem ? 1 : 0)};
+}
+// Segment j of a span cut into pieces of `seg` elements (possibly empty past the end).
+inline Span segment(Span s, size_t seg, size_t j) {
+  const size_t b = std::min(s.len, j * seg), e = std::min(s.len, (j + 1) * seg);
+  return Span{s.begin + b, e - b};
+}
+inline size_t seg_elems(const Job& job, const AlgoOptions& o) {
+  return std::max<size_t>(1, o.chunk_bytes / job.esize());
+}
+
+enum class Merge { kReduce, kCopy };
+
+// Sends `send` of job.buf to `peer` and receives `recv` from it, merging into job.buf as it
+// arrives, in segments so that merging one segment overlaps moving the next. Either span
+// may be empty (a one-way transfer).
+void exchange(P2P& t, int peer, Span send, Span recv, Merge merge, const Job& job,
+              const AlgoOptions& o, Staging& st);
+
+void ring_allreduce(P2P& t, const Job& job, const AlgoOptions& o, Staging& st);
+void halving_doubling_allreduce(P2P& t, const Job& job, const AlgoOptions& o, Staging& st);
+
+// Modelled time of an algorithm for `bytes` on `p` ranks, used by algorithm="auto".
+struct CostModel {
+  double alpha_us = 60.0;  // per message step (gloo over loopback, measured here)
+  double beta_gbps = 1.0;  // point-to-point bandwidth
+  double ring_us(size_t bytes, int p) const;
+  double hd_us(size_t bytes, int p) const;
+};
+
+}  // namespace far

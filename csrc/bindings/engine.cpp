@@ -1,0 +1,139 @@
+// Python bindings of the engine: argument validation (before anything is sent), GIL release,
+// futures and exception classes.
+#include <torch/csrc/jit/python/pybind_utils.h>
+#include <torch/extension.h>
+
+#include "bindings/registry.h"
+#include "engine/communicator.h"
+#include "engine/errors.h"
+
+namespace py = pybind11;
+
+namespace far {
+namespace {
+
+const char* kOpNames[] = {"sum", "avg", "product", "max", "min"};
+
+// Raises TypeError / ValueError / NotImplementedError naming the problem.
+void validate(const at::Tensor& t, const c10::optional<at::Tensor>& out, int op) {
+  if (op < 0 || op > 4) throw py::value_error("fastallreduce: unknown reduce op code " + std::to_string(op));
+  if (t.is_sparse() || t.layout() != at::kStrided)
+    throw py::type_error("fastallreduce: sparse / non-strided tensors are not supported (got layout " +
+                         c10::str(t.layout()) + ")");
+  if (!t.device().is_cpu())
+    throw std::runtime_error("NotImplementedError: fastallreduce: no allreduce path for device " + t.device().str() +
+                             " in this build");
+  DType dt;
+  try {
+    dt = to_dtype(t.scalar_type());
+  } catch (const std::invalid_argument& e) {
+    throw py::type_error(e.what());
+  }
+  const RedOp rop = static_cast<RedOp>(op);
+  if (rop == RedOp::kAvg && !is_floating(dt))
+    throw py::type_error(std::string("fastallreduce: op=avg needs a floating dtype, got ") + dtype_name(dt) +
+                         " (integer division would silently truncate; use sum)");
+  if (dt == DType::kBool && rop != RedOp::kMax && rop != RedOp::kMin)
+    throw py::type_error(std::string("fastallreduce: bool tensors support only op=max / op=min, got op=") + kOpNames[op]);
+  if (!t.is_contiguous())
+    throw py::value_error("fastallreduce: tensor must be contiguous (call .contiguous() first)");
+  if (t.is_conj() || t.is_neg())
+    throw py::value_error("fastallreduce: tensor has a lazy conj/neg bit; resolve it first");
+  if (out) {
+    const at::Tensor& o = *out;
+    if (o.device() != t.device()) throw py::value_error("fastallreduce: out is on " + o.device().str() + ", tensor on " + t.device().str());
+    if (o.scalar_type() != t.scalar_type())
+      throw py::type_error(std::string("fastallreduce: out has dtype ") + c10::toString(o.scalar_type()) +
+                           ", tensor has " + c10::toString(t.scalar_type()));
+    if (o.sizes() != t.sizes()) throw py::value_error("fastallreduce: out has shape " + c10::str(o.sizes()) + ", tensor has " + c10::str(t.sizes()));
+    if (!o.is_contiguous()) throw py::value_error("fastallreduce: out must be contiguous");
+    if (!o.is_same(t) && o.numel() > 0) {
+      const char *a = static_cast<const char*>(t.data_ptr()), *b = static_cast<const char*>(o.data_ptr());
+      if (a < b + o.nbytes() && b < a + t.nbytes())
+        throw py::value_error("fastallreduce: out overlaps tensor without being the same tensor");
+    }
+  }
+}
+
+Call make_call(const at::Tensor& t, const c10::optional<at::Tensor>& out, int op, int algo) {
+  validate(t, out, op);
+  if (algo < 0 || algo > 4) throw py::value_error("fastallreduce: unknown algorithm code " + std::to_string(algo));
+  Call c;
+  c.input = t;
+  c.output = out ? *out : t;
+  c.op = static_cast<RedOp>(op);
+  c.algo = static_cast<Algo>(algo);
+  return c;
+}
+
+void bind(py::module& m) {
+  auto base = py::register_exception<CommError>(m, "CommError", PyExc_RuntimeError);
+  py::register_exception<MismatchError>(m, "MismatchError", base.ptr());
+  py::register_exception<CommTimeoutError>(m, "CommTimeoutError", base.ptr());
+  py::register_exception<ClosedError>(m, "ClosedError", base.ptr());
+
+  py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
+      .def(py::init([](c10::intrusive_ptr<c10d::ProcessGroup> pg, c10::intrusive_ptr<c10d::Store> store,
+                       int64_t timeout_ms, int64_t chunk_bytes, int window, int threads, double alpha_us,
+                       double beta_gbps, std::string name) {
+             CommConfig cfg;
+             cfg.timeout_ms = timeout_ms;
+             cfg.algo.chunk_bytes = static_cast<size_t>(chunk_bytes);
+             cfg.algo.window = window;
+             cfg.algo.threads = threads;
+             cfg.cost.alpha_us = alpha_us;
+             cfg.cost.beta_gbps = beta_gbps;
+             cfg.name = std::move(name);
+             return std::make_shared<Communicator>(std::move(pg), std::move(store), std::move(cfg));
+           }),
+           py::arg("pg"), py::arg("store"), py::arg("timeout_ms"), py::arg("chunk_bytes"), py::arg("window"),
+           py::arg("threads"), py::arg("alpha_us"), py::arg("beta_gbps"), py::arg("name"))
+      .def("allreduce",
+           [](Communicator& c, const at::Tensor& t, const c10::optional<at::Tensor>& out, int op, int algo) {
+             Call call = make_call(t, out, op, algo);
+             at::Tensor result = call.output;
+             {
+               py::gil_scoped_release nogil;
+               c.run(std::move(call));
+             }
+             return result;
+           })
+      .def("allreduce_async",
+           [](Communicator& c, const at::Tensor& t, const c10::optional<at::Tensor>& out, int op, int algo) {
+             Call call = make_call(t, out, op, algo);
+             return std::make_shared<torch::jit::PythonFutureWrapper>(c.run_async(std::move(call)));
+           })
+      .def("choose", [](const Communicator& c, size_t bytes) { return std::string(algo_name(c.choose(bytes))); })
+      .def_property_readonly("last_algorithm", [](const Communicator& c) { return std::string(algo_name(c.last_algorithm())); })
+      .def_property_readonly("ops_completed", &Communicator::ops_completed)
+      .def_property_readonly("rank", &Communicator::rank)
+      .def_property_readonly("size", &Communicator::size)
+      .def_property_readonly("aborted", &Communicator::aborted)
+      .def_property_readonly("abort_reason", &Communicator::abort_reason)
+      .def("close", &Communicator::close, py::call_guard<py::gil_scoped_release>())
+      .def("abort", &Communicator::abort, py::call_guard<py::gil_scoped_release>());
+
+  // Kernels, exposed for tests and micro-benchmarks.
+  m.def("reduce_inplace", [](at::Tensor dst, const at::Tensor& src, int op, int threads) {
+    TORCH_CHECK(dst.is_contiguous() && src.is_contiguous() && dst.numel() == src.numel() &&
+                dst.scalar_type() == src.scalar_type() && dst.device().is_cpu() && src.device().is_cpu());
+    py::gil_scoped_release nogil;
+    reduce_inplace(dst.data_ptr(), src.data_ptr(), dst.numel(), to_dtype(dst.scalar_type()), static_cast<RedOp>(op), threads);
+  }, py::arg("dst"), py::arg("src"), py::arg("op"), py::arg("threads") = 1);
+  m.def("reduce_many", [](at::Tensor dst, const std::vector<at::Tensor>& srcs, int op, int divisor, int threads) {
+    std::vector<const void*> ptrs;
+    for (auto& s : srcs) {
+      TORCH_CHECK(s.is_contiguous() && s.numel() == dst.numel() && s.scalar_type() == dst.scalar_type() && s.device().is_cpu());
+      ptrs.push_back(s.data_ptr());
+    }
+    TORCH_CHECK(dst.is_contiguous() && !ptrs.empty());
+    py::gil_scoped_release nogil;
+    reduce_many(dst.data_ptr(), ptrs.data(), static_cast<int>(ptrs.size()), dst.numel(), to_dtype(dst.scalar_type()),
+                static_cast<RedOp>(op), divisor, threads);
+  }, py::arg("dst"), py::arg("srcs"), py::arg("op"), py::arg("divisor") = 1, py::arg("threads") = 1);
+}
+
+RegisterBindings reg(&bind);
+
+}  // namespace
+}  // namespace far

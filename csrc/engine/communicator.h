@@ -1,0 +1,109 @@
+// The engine: one Communicator per process group. Runs collectives in issue order (FIFO), a
+// synchronous call on the caller's thread when nothing is queued, asynchronous ones on a worker
+// thread; enforces the timeout and turns any fault into an abort seen by every rank.
+#pragma once
+#include <ATen/core/ivalue.h>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "algorithms/algorithm.h"
+#include "engine/header.h"
+
+namespace far {
+
+// Maps a torch dtype to the kernels' dtype; throws std::invalid_argument for others.
+DType to_dtype(at::ScalarType t);
+
+struct CommConfig {
+  int64_t timeout_ms = 30 * 60 * 1000;
+  AlgoOptions algo;
+  CostModel cost;
+  std::string name = "fastallreduce";
+};
+
+struct Call {
+  at::Tensor input;   // contiguous, validated by the bindings
+  at::Tensor output;  // same as input for in-place
+  RedOp op = RedOp::kSum;
+  Algo algo = Algo::kAuto;
+};
+
+class Communicator {
+ public:
+  // `pg` carries only this communicator's traffic; `store` is private to it (a PrefixStore).
+  Communicator(c10::intrusive_ptr<c10d::ProcessGroup> pg, c10::intrusive_ptr<c10d::Store> store,
+               CommConfig cfg);
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+
+  // Blocks until done (on this thread if nothing is queued). Throws CommError and subclasses.
+  void run(Call call);
+  // Returns at once; the future completes with call.output or with the error.
+  c10::intrusive_ptr<c10::ivalue::Future> run_async(Call call);
+
+  // The algorithm `auto` resolves to for this many bytes (identical on every rank).
+  Algo choose(size_t bytes) const;
+  Algo last_algorithm() const { return static_cast<Algo>(last_algo_.load()); }
+  uint64_t ops_completed() const { return completed_.load(); }
+
+  // Waits for queued work (each op still bounded by the timeout), then stops the worker.
+  void close();
+  // Fails queued and running work at once, on this rank and (through the store) on every rank.
+  void abort(const std::string& reason);
+  bool aborted() const { return aborted_.load(); }
+  std::string abort_reason() const;
+
+ private:
+  struct Task {
+    Call call;
+    uint64_t seq;
+    c10::intrusive_ptr<c10::ivalue::Future> fut;
+  };
+  void execute(Task& task);
+  void run_algorithm(const Call& call, const Header& h);
+  void check_header(const Header& mine);
+  void poll();  // called from slow waits: deadline, local and remote abort
+  [[noreturn]] void fail_timeout();
+  void publish_abort(const std::string& reason);
+  std::string missing_ranks_report();
+  void worker_loop();
+  void fail_pending(const std::string& why);
+
+  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  c10::intrusive_ptr<c10d::Store> store_;
+  CommConfig cfg_;
+  int rank_, size_;
+  std::unique_ptr<P2P> p2p_;
+  Staging staging_, hdr_staging_;
+
+  // Op in progress (only one runs at a time).
+  Header cur_;
+  std::chrono::steady_clock::time_point deadline_, next_store_poll_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Task> queue_;
+  bool busy_ = false, stop_ = false;
+  uint64_t next_seq_ = 0;
+  std::thread worker_;
+
+  std::atomic<bool> aborted_{false}, closed_{false};
+  mutable std::mutex reason_mu_;
+  std::string reason_;
+  std::atomic<int> last_algo_{0};
+  std::atomic<uint64_t> completed_{0};
+};
+
+}  // namespace far

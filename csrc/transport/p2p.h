@@ -1,0 +1,40 @@
+// Point-to-point transport over a torch.distributed ProcessGroup (Gloo for CPU tensors).
+// The only thing the ring and halving-doubling algorithms know about moving bytes.
+#pragma once
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+
+#include <chrono>
+#include <functional>
+#include <string>
+
+namespace far {
+
+struct Request {
+  c10::intrusive_ptr<c10d::Work> work;
+  int peer = -1;
+  bool send = false;
+  size_t bytes = 0;
+  explicit operator bool() const { return work.defined(); }
+};
+
+class P2P {
+ public:
+  // `poll` is called while a wait is slow; it throws to abandon the wait (abort, deadline).
+  P2P(c10::intrusive_ptr<c10d::ProcessGroup> pg, std::function<void()> poll);
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+
+  Request isend(int peer, const void* data, size_t bytes);
+  Request irecv(int peer, void* data, size_t bytes);
+  // Blocks until done. Throws CommError naming the peer when the transport fails, or whatever
+  // `poll` throws.
+  void wait(Request& req);
+
+ private:
+  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  std::function<void()> poll_;
+  int rank_, size_;
+};
+
+}  // namespace far

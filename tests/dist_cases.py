@@ -1,0 +1,75 @@
+"""Functions that run on the ranks of a RankPool (importable by the spawned processes)."""
+import hashlib
+
+import torch
+import torch.distributed as dist
+
+import fastallreduce as far
+
+_comms: dict = {}
+
+
+def comm(algorithm="auto", **kw):
+    """One communicator per (algorithm, options) per process, reused across test cases."""
+    key = (algorithm, tuple(sorted(kw.items())))
+    c = _comms.get(key)
+    if c is None or c.aborted:
+        c = _comms[key] = far.Communicator(algorithm=algorithm, **kw)
+    return c
+
+
+def make_input(rank, n, dtype, seed, kind="int"):
+    g = torch.Generator().manual_seed(seed * 1000 + rank)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, (n,), generator=g).bool()
+    if kind == "int" or not dtype.is_floating_point:
+        lo, hi = (-3, 4) if dtype != torch.uint8 else (0, 4)
+        return torch.randint(lo, hi, (n,), generator=g).to(dtype)
+    return torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
+
+
+def reference(x, op):
+    """torch.distributed.all_reduce on the default (gloo) group; avg as sum / world."""
+    y = x.clone()
+    w = dist.get_world_size()
+    if op == "avg":
+        z = y.double() if y.dtype in (torch.float16, torch.bfloat16) else y
+        dist.all_reduce(z, op=dist.ReduceOp.SUM)
+        return (z / w).to(x.dtype)
+    if x.dtype == torch.bool:
+        z = y.to(torch.uint8)
+        dist.all_reduce(z, op={"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+        return z.bool()
+    if x.dtype in (torch.float16, torch.bfloat16):
+        z = y.double()  # gloo's 16-bit arithmetic order differs; compare in exact arithmetic
+        dist.all_reduce(z, op=getattr(dist.ReduceOp, op.upper()))
+        return z.to(x.dtype)
+    dist.all_reduce(y, op=getattr(dist.ReduceOp, op.upper()))
+    return y
+
+
+def check_allreduce(algorithm, n, dtype_name, op, seed=0, out_of_place=False, kind="int"):
+    """Runs one allreduce; returns (max abs error vs reference, result bytes hash, algorithm used)."""
+    dtype = getattr(torch, dtype_name)
+    x = make_input(dist.get_rank(), n, dtype, seed, kind)
+    ref = reference(x, op)
+    c = comm(algorithm)
+    if out_of_place:
+        keep = x.clone()
+        out = torch.empty_like(x)
+        res = c.allreduce(x, op=op, out=out)
+        assert res is out
+        assert torch.equal(x, keep), "out-of-place allreduce modified its input"
+    else:
+        res = c.allreduce(x, op=op)
+        assert res is x
+    if dtype == torch.bool:
+        err = float((res != ref).sum())
+    elif dtype.is_floating_point:
+        diff = (res.double() - ref.double()).abs()
+        both_nan = torch.isnan(res.double()) & torch.isnan(ref.double())
+        err = float(torch.where(both_nan, torch.zeros_like(diff), diff).nan_to_num(float("inf")).max()) if n else 0.0
+    else:
+        err = float((res.long() - ref.long()).abs().max()) if n else 0.0
+    digest = hashlib.sha1(res.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest() if n else ""
+    return err, digest, c.last_algorithm
