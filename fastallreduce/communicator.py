@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import socket
@@ -120,22 +121,53 @@ class Communicator:
                 timeout = dist.distributed_c10d._get_default_group().options._timeout  # type: ignore[attr-defined]
             except Exception:  # noqa: BLE001 - older/newer torch: keep torch's documented default
                 pass
-        self._pid = os.getpid()
         self.group = user_group
+        # Our own group: collective over the members only.
+        pg = dist.new_group(ranks, backend="gloo", timeout=timeout, use_local_synchronization=True)
+        info = self._local_info(host_id)
+        infos: list = [None] * len(ranks)
+        dist.all_gather_object(infos, info, group=pg)
+        store = dist.PrefixStore(f"fastallreduce/{pg.group_name}/", dist.distributed_c10d._get_default_store())
+        self._start(pg, store, dist.get_rank(pg), infos, algorithm, timeout, chunk_bytes, pg.group_name)
+
+    @classmethod
+    def _from_process_group(cls, pg: dist.ProcessGroup, store: dist.Store, *, algorithm: str = "auto",
+                            timeout: timedelta = _DEFAULT_TIMEOUT, chunk_bytes: Optional[int] = None,
+                            host_id: Optional[str] = None, name: str = "fastallreduce") -> "Communicator":
+        """A Communicator over an existing ProcessGroup that carries only its traffic.
+
+        For the torch.distributed backend, which runs inside ``init_process_group`` (no default
+        group yet, so no ``dist.new_group``): host information is exchanged through ``store``
+        (private to this communicator). Collective over the members of ``pg``.
+        """
+        if algorithm not in _ALGO_CODE:
+            raise ValueError(f"fastallreduce: unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
+        self = cls.__new__(cls)
+        self.group = pg
+        rank, size = pg.rank(), pg.size()
+        store.set(f"info/{rank}", json.dumps(self._local_info(host_id)))
+        infos = [json.loads(store.get(f"info/{r}")) for r in range(size)]
+        self._start(pg, store, rank, infos, algorithm, timeout, chunk_bytes, name)
+        return self
+
+    @staticmethod
+    def _local_info(host_id: Optional[str]) -> dict:
+        return {"host": host_id or os.environ.get("FASTALLREDUCE_HOST_ID") or host_identity(),
+                "pid": os.getpid(), "cfg": _env_config()}
+
+    def _start(self, pg: dist.ProcessGroup, store: dist.Store, rank: int, infos: list, algorithm: str,
+               timeout: timedelta, chunk_bytes: Optional[int], name: str) -> None:
+        """Starts the engine on ``pg`` once every member's host info and config are known."""
+        self._pid = os.getpid()
         self.algorithm = algorithm
         self.timeout = timeout
-        # Our own group: collective over the members only.
-        self._pg = dist.new_group(ranks, backend="gloo", timeout=timeout, use_local_synchronization=True)
-        info = {"host": host_id or os.environ.get("FASTALLREDUCE_HOST_ID") or host_identity(),
-                "pid": os.getpid(), "cfg": _env_config()}
-        infos: list = [None] * len(ranks)
-        dist.all_gather_object(infos, info, group=self._pg)
+        self._pg = pg
         # Every rank uses rank 0's configuration, so that algorithm choices agree everywhere.
         cfg = infos[0]["cfg"]
         if chunk_bytes is not None:
             cfg["FASTALLREDUCE_CHUNK_BYTES"] = chunk_bytes
-        self.rank = dist.get_rank(self._pg)
-        self.size = len(ranks)
+        self.rank = rank
+        self.size = len(infos)
         hosts: list[str] = []
         for i in infos:
             if i["host"] not in hosts:
@@ -144,12 +176,10 @@ class Communicator:
         self.local_ranks = [r for r in range(self.size) if self.host_of_rank[r] == self.host_of_rank[self.rank]]
         self.num_hosts = len(hosts)
         threads = max(1, (os.cpu_count() or 1) // len(self.local_ranks))
-        store = dist.PrefixStore(f"fastallreduce/{self._pg.group_name}/",
-                                 dist.distributed_c10d._get_default_store())
-        self._c = _C.Communicator(self._pg, store, int(timeout.total_seconds() * 1000),
+        self._c = _C.Communicator(pg, store, int(timeout.total_seconds() * 1000),
                                   int(cfg["FASTALLREDUCE_CHUNK_BYTES"]), int(cfg["FASTALLREDUCE_WINDOW"]),
                                   threads, float(cfg["FASTALLREDUCE_ALPHA_US"]),
-                                  float(cfg["FASTALLREDUCE_BETA_GBPS"]), self._pg.group_name)
+                                  float(cfg["FASTALLREDUCE_BETA_GBPS"]), name)
         self._algo = _ALGO_CODE[algorithm]
         self.config = cfg
         with _live_lock:

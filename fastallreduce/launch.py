@@ -30,14 +30,17 @@ class RankError(RuntimeError):
         super().__init__("ranks failed:\n" + "\n".join(lines))
 
 
-def _worker(rank: int, world: int, port: int, conn, env: dict, threads: int, pg_timeout_s: float) -> None:
+def _worker(rank: int, world: int, port: int, conn, env: dict, threads: int, pg_timeout_s: float,
+            backend: str = "gloo") -> None:
     os.environ.update(env)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     import torch
     import torch.distributed as dist
 
+    if "fastallreduce" in backend:
+        import fastallreduce  # noqa: F401  (registers the backend)
     torch.set_num_threads(threads)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=pg_timeout_s))
     conn.send(("ready", os.getpid()))
     while True:
@@ -59,17 +62,17 @@ def _worker(rank: int, world: int, port: int, conn, env: dict, threads: int, pg_
 
 
 class RankPool:
-    """``world`` processes with torch.distributed initialised (gloo on loopback)."""
+    """``world`` processes with torch.distributed initialised (gloo on loopback, or ``backend``)."""
 
     def __init__(self, world: int, *, env: Optional[dict] = None, threads: int = 1,
-                 start_timeout: float = 120.0, pg_timeout_s: float = 120.0) -> None:
+                 start_timeout: float = 120.0, pg_timeout_s: float = 120.0, backend: str = "gloo") -> None:
         ctx = mp.get_context("spawn")
         self.world = world
         port = free_port()
         self.procs, self.conns = [], []
         for r in range(world):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(r, world, port, child, dict(env or {}), threads, pg_timeout_s),
+            p = ctx.Process(target=_worker, args=(r, world, port, child, dict(env or {}), threads, pg_timeout_s, backend),
                             daemon=True, name=f"fastallreduce-rank{r}")
             p.start()
             child.close()

@@ -1,0 +1,346 @@
+#include "backend/backend.h"
+
+#include <c10/util/Exception.h>
+
+#include <condition_variable>
+#include <mutex>
+
+#include "engine/errors.h"
+
+namespace far {
+namespace {
+
+using c10::ivalue::Future;
+
+// Engine faults reach torch users as torch.distributed.DistBackendError (what torch raises for a
+// failed or timed-out collective), with the fastallreduce class name kept in the message.
+std::exception_ptr as_dist_error(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const c10::Error&) {
+    return std::current_exception();
+  } catch (const MismatchError& x) {
+    return std::make_exception_ptr(c10::DistBackendError(
+        {__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, std::string("fastallreduce MismatchError: ") + x.what()));
+  } catch (const CommTimeoutError& x) {
+    return std::make_exception_ptr(c10::DistBackendError(
+        {__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, std::string("fastallreduce CommTimeoutError: ") + x.what()));
+  } catch (const std::exception& x) {
+    return std::make_exception_ptr(c10::DistBackendError(
+        {__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, std::string("fastallreduce: ") + x.what()));
+  }
+}
+
+// The engine's future yields the output tensor; torch's collectives yield a list of tensors.
+c10::intrusive_ptr<Future> as_list_future(const c10::intrusive_ptr<Future>& engine_fut, at::Tensor out) {
+  auto fut = c10::make_intrusive<Future>(c10::ListType::ofTensors());
+  // Runs inline on the engine thread when the op finishes: no GIL, no extra hand-off.
+  engine_fut->addCallback([fut, out = std::move(out)](Future& f) {
+    if (f.hasError())
+      fut->setError(as_dist_error(f.exception_ptr()));
+    else
+      fut->markCompleted(c10::IValue(std::vector<at::Tensor>{out}));
+  });
+  return fut;
+}
+
+bool to_redop(const c10d::ReduceOp& op, RedOp* out) {
+  switch (op.op_) {
+    case c10d::ReduceOp::SUM: *out = RedOp::kSum; return true;
+    case c10d::ReduceOp::AVG: *out = RedOp::kAvg; return true;
+    case c10d::ReduceOp::PRODUCT: *out = RedOp::kProduct; return true;
+    case c10d::ReduceOp::MAX: *out = RedOp::kMax; return true;
+    case c10d::ReduceOp::MIN: *out = RedOp::kMin; return true;
+    default: return false;  // BAND/BOR/BXOR/PREMUL_SUM: Gloo's behaviour (and errors)
+  }
+}
+
+bool engine_dtype(at::ScalarType t, DType* out) {
+  try {
+    *out = to_dtype(t);
+    return true;
+  } catch (const std::invalid_argument&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+// ---- FutureWork ---------------------------------------------------------------------------
+
+FutureWork::FutureWork(c10::intrusive_ptr<Future> fut, int rank, c10d::OpType type, const char* title,
+                       std::vector<at::Tensor> outputs)
+    : c10d::Work(rank, type, title), fut_(std::move(fut)), outputs_(std::move(outputs)) {}
+
+bool FutureWork::isCompleted() { return fut_->completed(); }
+
+bool FutureWork::isSuccess() const { return fut_->completed() && !fut_->hasError(); }
+
+std::exception_ptr FutureWork::exception() const {
+  return fut_->completed() && fut_->hasError() ? fut_->exception_ptr() : nullptr;
+}
+
+std::vector<at::Tensor> FutureWork::result() { return outputs_; }
+
+bool FutureWork::wait(std::chrono::milliseconds timeout) {
+  if (timeout <= ::kNoTimeout) {
+    fut_->wait();
+  } else if (!fut_->completed()) {
+    // c10 futures have no timed wait: a callback signals a condition variable.
+    struct Signal {
+      std::mutex mu;
+      std::condition_variable cv;
+      bool done = false;
+    };
+    auto s = std::make_shared<Signal>();
+    fut_->addCallback([s](Future&) {
+      std::lock_guard<std::mutex> lk(s->mu);
+      s->done = true;
+      s->cv.notify_all();
+    });
+    std::unique_lock<std::mutex> lk(s->mu);
+    if (!s->cv.wait_for(lk, timeout, [&] { return s->done; }))
+      C10_THROW_ERROR(DistBackendError, "fastallreduce: Work.wait timed out after " + std::to_string(timeout.count()) +
+                                            " ms (the collective is still running; the backend timeout bounds it)");
+  }
+  if (fut_->hasError()) std::rethrow_exception(fut_->exception_ptr());
+  return true;
+}
+
+c10::intrusive_ptr<Future> FutureWork::getFuture() { return fut_; }
+
+// ---- FastAllreduceBackend ------------------------------------------------------------------
+
+FastAllreduceBackend::FastAllreduceBackend(std::shared_ptr<Communicator> engine,
+                                           c10::intrusive_ptr<c10d::Backend> delegate, int rank, int size,
+                                           std::chrono::milliseconds timeout, Algo algo)
+    : c10d::Backend(rank, size), engine_(std::move(engine)), gloo_(std::move(delegate)),
+      options_(c10::make_intrusive<Options>("fastallreduce", timeout)), algo_(algo) {
+  TORCH_CHECK(engine_ && gloo_, "fastallreduce backend needs an engine and a delegate backend");
+  TORCH_CHECK(engine_->size() == size && gloo_->getSize() == size, "fastallreduce backend: group sizes differ");
+}
+
+FastAllreduceBackend::~FastAllreduceBackend() = default;
+
+void FastAllreduceBackend::setTimeout(std::chrono::milliseconds timeout) {
+  options_->timeout = timeout;
+  gloo_->setTimeout(timeout);
+}
+
+bool FastAllreduceBackend::on_engine(const std::vector<at::Tensor>& tensors,
+                                     const c10d::AllreduceOptions& opts) const {
+  if (tensors.size() != 1) return false;
+  const at::Tensor& t = tensors[0];
+  DType dt;
+  RedOp op;
+  if (!t.device().is_cpu() || t.layout() != at::kStrided || !t.is_contiguous() || t.is_conj() || t.is_neg())
+    return false;
+  if (!engine_dtype(t.scalar_type(), &dt) || !to_redop(opts.reduceOp, &op)) return false;
+  if (dt == DType::kBool && op != RedOp::kMax && op != RedOp::kMin) return false;
+  if (op == RedOp::kAvg && !is_floating(dt)) return false;
+  return true;
+}
+
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_allreduce(const at::Tensor& t, RedOp op,
+                                                                      c10d::OpType type, const char* title) {
+  Call call;
+  call.input = t;
+  call.output = t;
+  call.op = op;
+  call.algo = algo_;
+  c10::intrusive_ptr<Future> engine_fut;
+  try {
+    // Always through the worker: the caller may not wait (async_op, DDP), and FIFO order is kept.
+    engine_fut = engine_->run_async(std::move(call));
+  } catch (...) {
+    std::rethrow_exception(as_dist_error(std::current_exception()));
+  }
+  engine_ops_.fetch_add(1, std::memory_order_relaxed);
+  return c10::make_intrusive<FutureWork>(as_list_future(engine_fut, t), rank_, type, title,
+                                         std::vector<at::Tensor>{t});
+}
+
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce(std::vector<at::Tensor>& tensors,
+                                                               const c10d::AllreduceOptions& opts) {
+  if (on_engine(tensors, opts)) {
+    RedOp op;
+    to_redop(opts.reduceOp, &op);
+    return engine_allreduce(tensors[0], op, c10d::OpType::ALLREDUCE, nullptr);
+  }
+  if (opts.reduceOp == c10d::ReduceOp::AVG && tensors.size() == 1) {
+    // Gloo has no AVG; say what is wrong rather than Gloo's generic refusal.
+    const at::Tensor& t = tensors[0];
+    if (!at::isFloatingType(t.scalar_type()) && !at::isComplexType(t.scalar_type()))
+      C10_THROW_ERROR(TypeError, std::string("fastallreduce: ReduceOp.AVG needs a floating dtype, got ") +
+                                     c10::toString(t.scalar_type()) + " (integer division would silently truncate; use SUM)");
+    C10_THROW_ERROR(NotImplementedError,
+                    std::string("fastallreduce: no ReduceOp.AVG path for a ") + c10::toString(t.scalar_type()) + " " +
+                        t.device().str() + (t.is_contiguous() ? "" : " non-contiguous") + " tensor with layout " +
+                        c10::str(t.layout()));
+  }
+  delegated_ops_.fetch_add(1, std::memory_order_relaxed);
+  return gloo_->allreduce(tensors, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::barrier(const c10d::BarrierOptions& opts) {
+  // A barrier must also order after this rank's pending engine work, which Gloo knows nothing
+  // about: a one-byte engine allreduce (FIFO behind that work) and a Gloo barrier (behind the
+  // delegated work), completed together.
+  auto token = at::zeros({1}, at::TensorOptions().dtype(at::kByte));
+  auto engine_work = engine_allreduce(token, RedOp::kMax, c10d::OpType::BARRIER, nullptr);
+  auto gloo_work = gloo_->barrier(opts);
+  // Completes (with an empty tensor list, like Gloo's barrier) once both halves have; the first
+  // error wins.
+  auto done = c10::make_intrusive<Future>(c10::ListType::ofTensors());
+  auto gloo_fut = gloo_work->getFuture();
+  engine_work->getFuture()->addCallback([done, gloo_fut](Future& e) {
+    gloo_fut->addCallback([done, e_err = e.hasError() ? e.exception_ptr() : nullptr](Future& g) {
+      if (e_err)
+        done->setError(e_err);
+      else if (g.hasError())
+        done->setError(g.exception_ptr());
+      else
+        done->markCompleted(c10::IValue(std::vector<at::Tensor>{}));
+    });
+  });
+  return c10::make_intrusive<FutureWork>(done, rank_, c10d::OpType::BARRIER, nullptr, std::vector<at::Tensor>{});
+}
+
+void FastAllreduceBackend::shutdown() {
+  engine_->close();
+  gloo_->shutdown();
+}
+
+void FastAllreduceBackend::abort() {
+  engine_->abort("torch.distributed abort");
+  engine_->close();
+  gloo_->abort();
+}
+
+// ---- delegated ----------------------------------------------------------------------------
+
+#define FAR_DELEGATE(call)                                   \
+  do {                                                       \
+    delegated_ops_.fetch_add(1, std::memory_order_relaxed);  \
+    return gloo_->call;                                      \
+  } while (0)
+
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::broadcast(std::vector<at::Tensor>& tensors,
+                                                               const c10d::BroadcastOptions& opts) {
+  FAR_DELEGATE(broadcast(tensors, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce_sparse(std::vector<at::Tensor>& tensors,
+                                                                      const c10d::AllreduceOptions& opts) {
+  FAR_DELEGATE(allreduce_sparse(tensors, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce_coalesced(
+    std::vector<at::Tensor>& tensors, const c10d::AllreduceCoalescedOptions& opts) {
+  FAR_DELEGATE(allreduce_coalesced(tensors, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce(std::vector<at::Tensor>& tensors,
+                                                            const c10d::ReduceOptions& opts) {
+  FAR_DELEGATE(reduce(tensors, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather(std::vector<std::vector<at::Tensor>>& outputs,
+                                                               std::vector<at::Tensor>& inputs,
+                                                               const c10d::AllgatherOptions& opts) {
+  FAR_DELEGATE(allgather(outputs, inputs, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_gather_single(at::Tensor& output, at::Tensor& input,
+                                                                       const c10d::AllgatherOptions& opts) {
+  FAR_DELEGATE(all_gather_single(output, input, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::_allgather_base(at::Tensor& output, at::Tensor& input,
+                                                                     const c10d::AllgatherOptions& opts) {
+  FAR_DELEGATE(all_gather_single(output, input, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather_coalesced(
+    std::vector<std::vector<at::Tensor>>& outputs, std::vector<at::Tensor>& inputs,
+    const c10d::AllgatherOptions& opts) {
+  FAR_DELEGATE(allgather_coalesced(outputs, inputs, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_gather_single_coalesced(
+    std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::AllgatherOptions& opts) {
+  FAR_DELEGATE(all_gather_single_coalesced(outputs, inputs, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather_into_tensor_coalesced(
+    std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::AllgatherOptions& opts) {
+  FAR_DELEGATE(all_gather_single_coalesced(outputs, inputs, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather(std::vector<std::vector<at::Tensor>>& outputs,
+                                                            std::vector<at::Tensor>& inputs,
+                                                            const c10d::GatherOptions& opts) {
+  FAR_DELEGATE(gather(outputs, inputs, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather_single(at::Tensor& output, at::Tensor& input,
+                                                                   const c10d::GatherOptions& opts) {
+  FAR_DELEGATE(gather_single(output, input, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather_into_tensor(at::Tensor& output, at::Tensor& input,
+                                                                        const c10d::GatherOptions& opts) {
+  FAR_DELEGATE(gather_single(output, input, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::scatter(std::vector<at::Tensor>& outputs,
+                                                             std::vector<std::vector<at::Tensor>>& inputs,
+                                                             const c10d::ScatterOptions& opts) {
+  FAR_DELEGATE(scatter(outputs, inputs, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter(std::vector<at::Tensor>& outputs,
+                                                                    std::vector<std::vector<at::Tensor>>& inputs,
+                                                                    const c10d::ReduceScatterOptions& opts) {
+  FAR_DELEGATE(reduce_scatter(outputs, inputs, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_single(at::Tensor& output, at::Tensor& input,
+                                                                           const c10d::ReduceScatterOptions& opts) {
+  FAR_DELEGATE(reduce_scatter_single(output, input, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::_reduce_scatter_base(at::Tensor& output, at::Tensor& input,
+                                                                          const c10d::ReduceScatterOptions& opts) {
+  FAR_DELEGATE(reduce_scatter_single(output, input, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_single_coalesced(
+    std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::ReduceScatterOptions& opts) {
+  FAR_DELEGATE(reduce_scatter_single_coalesced(outputs, inputs, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_tensor_coalesced(
+    std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::ReduceScatterOptions& opts) {
+  FAR_DELEGATE(reduce_scatter_single_coalesced(outputs, inputs, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_to_all_single(at::Tensor& output, at::Tensor& input,
+                                                                       std::vector<int64_t>& output_splits,
+                                                                       std::vector<int64_t>& input_splits,
+                                                                       const c10d::AllToAllOptions& opts) {
+  FAR_DELEGATE(all_to_all_single(output, input, output_splits, input_splits, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::alltoall_base(at::Tensor& output, at::Tensor& input,
+                                                                   std::vector<int64_t>& output_splits,
+                                                                   std::vector<int64_t>& input_splits,
+                                                                   const c10d::AllToAllOptions& opts) {
+  FAR_DELEGATE(all_to_all_single(output, input, output_splits, input_splits, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::alltoall(std::vector<at::Tensor>& outputs,
+                                                              std::vector<at::Tensor>& inputs,
+                                                              const c10d::AllToAllOptions& opts) {
+  FAR_DELEGATE(alltoall(outputs, inputs, opts));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::send(std::vector<at::Tensor>& tensors, int dst, int tag) {
+  FAR_DELEGATE(send(tensors, dst, tag));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::recv(std::vector<at::Tensor>& tensors, int src, int tag) {
+  FAR_DELEGATE(recv(tensors, src, tag));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::recvAnysource(std::vector<at::Tensor>& tensors, int tag) {
+  FAR_DELEGATE(recvAnysource(tensors, tag));
+}
+
+#undef FAR_DELEGATE
+
+void FastAllreduceBackend::monitoredBarrier(const c10d::BarrierOptions& opts, bool wait_all_ranks) {
+  gloo_->monitoredBarrier(opts, wait_all_ranks);
+}
+
+uint64_t FastAllreduceBackend::getSequenceNumberForGroup() { return gloo_->getSequenceNumberForGroup(); }
+
+void FastAllreduceBackend::enableCollectivesTiming() { gloo_->enableCollectivesTiming(); }
+
+}  // namespace far

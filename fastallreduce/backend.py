@@ -1,0 +1,96 @@
+"""fastallreduce as a torch.distributed backend.
+
+``import fastallreduce`` registers a backend named ``"fastallreduce"``, so that changing only the
+backend string puts every ``torch.distributed.all_reduce`` (DDP's default reducer, FSDP on CPU, a
+user's own calls) on the fastallreduce engine::
+
+    import fastallreduce  # noqa: F401  (registers the backend)
+    dist.init_process_group("fastallreduce")                      # torchrun / env://
+    dist.init_process_group("cpu:fastallreduce,cuda:nccl", ...)   # per-device form
+
+Allreduce of a dense contiguous CPU tensor with SUM, AVG, PRODUCT, MAX or MIN on a dtype the engine
+supports runs on the engine (AVG on integer dtypes raises TypeError). Everything else -- the other
+collectives, point-to-point, barrier's Gloo half, and allreduce of other dtypes / ops / devices /
+layouts -- goes to an internal Gloo backend created from the same store, so nothing a torch user
+calls is missing and those calls behave (and fail) exactly as on Gloo.
+
+Environment: ``FASTALLREDUCE_BACKEND_ALGORITHM`` (``auto``, ``ring``, ``halving_doubling``) picks
+the engine algorithm of every allreduce (default ``auto``: the cost model).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from . import _C
+from .communicator import _ALGO_CODE, ALGORITHMS, Communicator
+
+#: The name to pass to ``torch.distributed.init_process_group``.
+BACKEND_NAME = "fastallreduce"
+#: Devices the backend is registered for (cuda tensors are delegated to Gloo until a GPU path exists).
+DEVICES = ["cpu"] + (["cuda"] if getattr(_C, "with_cuda", False) else [])
+
+# The Python Communicator wrappers of live backends: they keep the engines known to the
+# communicator module's atexit handler, which drains them before interpreter teardown.
+_engines: list[Communicator] = []
+_engines_lock = threading.Lock()
+
+
+def _algorithm() -> str:
+    name = os.environ.get("FASTALLREDUCE_BACKEND_ALGORITHM", "auto")
+    if name not in ALGORITHMS:
+        raise ValueError(f"fastallreduce: FASTALLREDUCE_BACKEND_ALGORITHM={name!r}; choose from {ALGORITHMS}")
+    return name
+
+
+def create_backend(store: dist.Store, rank: int, size: int, timeout: timedelta) -> "_C.FastAllreduceBackend":
+    """The creator torch.distributed calls (collectively) for each group on this backend.
+
+    ``store`` is already private to the group and device (torch prefixes it). Builds two Gloo
+    backends on it: one that runs the delegated collectives, and one that carries only the
+    engine's point-to-point traffic (our own group, so it never interleaves with delegated work).
+    """
+    algorithm = _algorithm()
+    delegate = dist.ProcessGroupGloo(dist.PrefixStore("fastallreduce/delegate/", store), rank, size, timeout)
+    engine_store = dist.PrefixStore("fastallreduce/engine/", store)
+    engine_gloo = dist.ProcessGroupGloo(dist.PrefixStore("gloo/", engine_store), rank, size, timeout)
+    # The engine's transport takes a ProcessGroup; wrap the Gloo backend in one (as
+    # init_process_group does) without registering it with torch.distributed.
+    gloo_type = dist.ProcessGroup.BackendType.GLOO
+    engine_pg = dist.ProcessGroup(engine_store, rank, size)
+    engine_pg._set_default_backend(gloo_type)
+    engine_pg._register_backend(torch.device("cpu"), gloo_type, engine_gloo)
+    comm = Communicator._from_process_group(engine_pg, dist.PrefixStore("comm/", engine_store),
+                                            algorithm=algorithm, timeout=timeout, name="backend")
+    with _engines_lock:
+        _engines.append(comm)
+    return _C.FastAllreduceBackend(comm._c, delegate, rank, size, int(timeout.total_seconds() * 1000),
+                                   _ALGO_CODE[algorithm])
+
+
+def register() -> None:
+    """Registers the backend with torch.distributed (idempotent; ``import fastallreduce`` calls it)."""
+    if BACKEND_NAME.upper() in dist.Backend._plugins:  # type: ignore[attr-defined]
+        return
+    dist.Backend.register_backend(BACKEND_NAME, create_backend, devices=DEVICES)
+
+
+def get_backend(group: dist.ProcessGroup | None = None,
+                device: str = "cpu") -> "_C.FastAllreduceBackend":
+    """The fastallreduce backend object of ``group`` (default: the default group) for ``device``.
+
+    Exposes ``engine_ops`` / ``delegated_ops`` counters (how many collectives ran where).
+    """
+    pg = group if group is not None else dist.distributed_c10d._get_default_group()
+    b = pg._get_backend(torch.device(device))
+    if not isinstance(b, _C.FastAllreduceBackend):
+        raise ValueError(f"fastallreduce: the {device} backend of this group is {type(b).__name__}, not fastallreduce")
+    return b
+
+
+if dist.is_available():
+    register()
