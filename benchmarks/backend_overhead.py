@@ -1,21 +1,21 @@
 """Time per torch.distributed.all_reduce on the fastallreduce backend vs gloo vs the Communicator.
 
     PYTHONPATH=. GLOO_SOCKET_IFNAME=lo python benchmarks/backend_overhead.py [--world 2] [--reps 15]
+    PYTHONPATH=. GLOO_SOCKET_IFNAME=lo python benchmarks/backend_overhead.py --python-prototype
 
-All rows come from one run on the same 2 (default) rank processes (default group:
-backend="fastallreduce"), float32 sum, in-place, synchronous calls:
+Rank processes whose default group is on backend="fastallreduce"; float32 sum, in place,
+synchronous calls. Methods, timed in one run on the same processes:
 
+- ``communicator``: ``far.Communicator().allreduce(t)`` called directly (the reference).
 - ``backend (C++)``: ``dist.all_reduce(t)`` on the default group (the shipped c10d::Backend).
-- ``backend (Python)``: the same call on a group whose backend is a minimal Python subclass of
-  ``torch._C._distributed_c10d.Backend`` (c10d::Backend) forwarding allreduce to a Communicator (the alternative design,
-  defined only here, for the comparison).
-- ``communicator``: ``far.Communicator().allreduce(t)`` called directly (synchronous: it runs on
-  the caller's thread).
 - ``gloo``: ``dist.all_reduce(t)`` on a gloo group over the same ranks.
+- with ``--python-prototype`` instead: ``backend (Python)``, the same call on a group whose
+  backend is a minimal Python subclass of ``torch._C._distributed_c10d.Backend`` forwarding
+  allreduce to a Communicator (the alternative design, defined only here, for the comparison).
 
 Each method runs ``reps`` blocks of ``iters`` calls, interleaved round-robin so that drift hits
-them alike; the table shows the median over blocks of the per-call time, and the overhead of
-each backend relative to the Communicator.
+them alike; every call is timed, and the table shows the median call time (the slowest rank's)
+and the backend relative to the Communicator. ``--world 1`` isolates the per-call overhead.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import fastallreduce as far  # noqa: E402
 from fastallreduce.launch import RankPool  # noqa: E402
 
 SIZES = [4 * 1024, 1 << 20, 16 << 20]
-ITERS = {4 * 1024: 100, 1 << 20: 10, 16 << 20: 2}
+ITERS = {4 * 1024: 20, 1 << 20: 4, 16 << 20: 1}
 
 _state: dict = {}
 
@@ -58,28 +58,46 @@ class _PyBackend(torch._C._distributed_c10d.Backend):
         return torch._C._distributed_c10d._create_work_from_future(fut)
 
 
-def _setup() -> None:
+def _pin() -> None:
+    # One core per rank, every thread of the process (engine, gloo, watcher): two ranks sharing
+    # a core make each message hand-off wait for a scheduler slice (~4 ms stalls on 2 cores).
+    cpus = sorted(os.sched_getaffinity(0))
+    if dist.get_world_size() > len(cpus):
+        return
+    core = {cpus[dist.get_rank() % len(cpus)]}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), core)
+        except OSError:
+            pass
+
+
+def _setup(prototype: bool) -> None:
     if _state:
         return
-    if "FASTALLREDUCE_PY" not in dist.Backend._plugins:
-        dist.Backend.register_backend("fastallreduce_py", _PyBackend, devices=["cpu"])
     ranks = list(range(dist.get_world_size()))
     _state["gloo"] = dist.new_group(ranks, backend="gloo")
-    _state["py"] = dist.new_group(ranks, backend="fastallreduce_py")
+    if prototype:
+        if "FASTALLREDUCE_PY" not in dist.Backend._plugins:
+            dist.Backend.register_backend("fastallreduce_py", _PyBackend, devices=["cpu"])
+        _state["py"] = dist.new_group(ranks, backend="fastallreduce_py")
     _state["comm"] = far.Communicator()
+    _pin()  # after every thread exists
 
 
-def _bench(nbytes: int, reps: int) -> dict:
-    """Runs on every rank; returns {method: [seconds per call, one per block]}."""
-    _setup()
+def _bench(nbytes: int, reps: int, prototype: bool) -> dict:
+    """Runs on every rank; returns {method: [seconds per call]}."""
+    _setup(prototype)
     x = torch.ones(nbytes // 4)
     comm = _state["comm"]
-    methods = {
-        "backend (C++)": lambda: dist.all_reduce(x),
-        "backend (Python)": lambda: dist.all_reduce(x, group=_state["py"]),
-        "communicator": lambda: comm.allreduce(x),
-        "gloo": lambda: dist.all_reduce(x, group=_state["gloo"]),
-    }
+    methods = {"communicator": lambda: comm.allreduce(x)}
+    if prototype:
+        # Its engine thread must take the GIL to drop the tensors it was given, which slows every
+        # other method in the process: so the prototype is measured in a run of its own.
+        methods["backend (Python)"] = lambda: dist.all_reduce(x, group=_state["py"])
+    else:
+        methods["backend (C++)"] = lambda: dist.all_reduce(x)
+        methods["gloo"] = lambda: dist.all_reduce(x, group=_state["gloo"])
     iters = ITERS[nbytes]
     for fn in methods.values():  # warm-up: connections, staging buffers, page faults
         for _ in range(3):
@@ -88,10 +106,10 @@ def _bench(nbytes: int, reps: int) -> dict:
     for _ in range(reps):
         for name, fn in methods.items():
             dist.barrier(group=_state["gloo"])
-            t0 = time.perf_counter()
             for _ in range(iters):
+                t0 = time.perf_counter()
                 fn()
-            out[name].append((time.perf_counter() - t0) / iters)
+                out[name].append(time.perf_counter() - t0)
     return out
 
 
@@ -99,26 +117,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=int, default=2)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--python-prototype", action="store_true",
+                    help="time the Python-subclass design instead of the C++ backend and gloo")
     args = ap.parse_args()
     print(f"# {args.world} ranks, float32 sum, torch {torch.__version__}, {os.cpu_count()} cores; "
-          f"median of {args.reps} blocks, time per call")
+          f"median time per call over {args.reps} interleaved blocks")
+    names = ["communicator"] + (["backend (Python)"] if args.python_prototype else ["backend (C++)", "gloo"])
+    mine = names[1]
+    print("| size | " + " | ".join(f"{n} (µs)" for n in names) + f" | {mine} / communicator |")
+    print("|---" * (len(names) + 2) + "|", flush=True)
     with RankPool(args.world, backend="fastallreduce", threads=1) as pool:
-        rows = []
         for nbytes in SIZES:
-            per_rank = pool.run(_bench, nbytes, args.reps, timeout=600)
-            # A collective ends when its slowest rank does: take the max over ranks per block.
-            med = {k: statistics.median(max(r[k][i] for r in per_rank) for i in range(args.reps))
-                   for k in per_rank[0]}
-            rows.append((nbytes, med))
-    names = list(rows[0][1])
-    print("| size | " + " | ".join(f"{n} (µs)" for n in names) + " | C++ backend / communicator "
-          "| Python backend / communicator |")
-    print("|---" * (len(names) + 3) + "|")
-    for nbytes, med in rows:
-        size = f"{nbytes // 1024} KiB" if nbytes < (1 << 20) else f"{nbytes >> 20} MiB"
-        cells = " | ".join(f"{med[n] * 1e6:.0f}" for n in names)
-        c = med["communicator"]
-        print(f"| {size} | {cells} | {med['backend (C++)'] / c:.3f} | {med['backend (Python)'] / c:.3f} |")
+            per_rank = pool.run(_bench, nbytes, args.reps, args.python_prototype, timeout=900)
+            # Median per call on each rank (robust to the scheduler stalls of a loaded machine),
+            # then the slowest rank: a collective ends when its slowest rank does.
+            med = {k: max(statistics.median(r[k]) for r in per_rank) for k in per_rank[0]}
+            size = f"{nbytes // 1024} KiB" if nbytes < (1 << 20) else f"{nbytes >> 20} MiB"
+            cells = " | ".join(f"{med[n] * 1e6:.0f}" for n in names)
+            print(f"| {size} | {cells} | {med[mine] / med['communicator']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ the engine algorithm of every allreduce (default ``auto``: the cost model).
 """
 from __future__ import annotations
 
+import atexit
 import os
-import threading
 from datetime import timedelta
 
 import torch
@@ -34,10 +34,6 @@ BACKEND_NAME = "fastallreduce"
 #: Devices the backend is registered for (cuda tensors are delegated to Gloo until a GPU path exists).
 DEVICES = ["cpu"] + (["cuda"] if getattr(_C, "with_cuda", False) else [])
 
-# The Python Communicator wrappers of live backends: they keep the engines known to the
-# communicator module's atexit handler, which drains them before interpreter teardown.
-_engines: list[Communicator] = []
-_engines_lock = threading.Lock()
 
 
 def _algorithm() -> str:
@@ -66,8 +62,7 @@ def create_backend(store: dist.Store, rank: int, size: int, timeout: timedelta) 
     engine_pg._register_backend(torch.device("cpu"), gloo_type, engine_gloo)
     comm = Communicator._from_process_group(engine_pg, dist.PrefixStore("comm/", engine_store),
                                             algorithm=algorithm, timeout=timeout, name="backend")
-    with _engines_lock:
-        _engines.append(comm)
+    # The backend owns the engine from here on (destroy_process_group shuts it down).
     return _C.FastAllreduceBackend(comm._c, delegate, rank, size, int(timeout.total_seconds() * 1000),
                                    _ALGO_CODE[algorithm])
 
@@ -90,6 +85,23 @@ def get_backend(group: dist.ProcessGroup | None = None,
     if not isinstance(b, _C.FastAllreduceBackend):
         raise ValueError(f"fastallreduce: the {device} backend of this group is {type(b).__name__}, not fastallreduce")
     return b
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    # Finish queued allreduces and stop the engine threads of groups the program never destroyed,
+    # before interpreter teardown (registered after torch's own handlers, so it runs first).
+    try:
+        groups = list(dist.distributed_c10d._world.pg_map)
+    except Exception:  # noqa: BLE001 - never raise at exit
+        return
+    for pg in groups:
+        try:
+            b = pg._get_backend(torch.device("cpu"))
+            if isinstance(b, _C.FastAllreduceBackend):
+                b.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 if dist.is_available():

@@ -35,11 +35,14 @@ std::exception_ptr as_dist_error(std::exception_ptr e) {
 c10::intrusive_ptr<Future> as_list_future(const c10::intrusive_ptr<Future>& engine_fut, at::Tensor out) {
   auto fut = c10::make_intrusive<Future>(c10::ListType::ofTensors());
   // Runs inline on the engine thread when the op finishes: no GIL, no extra hand-off.
-  engine_fut->addCallback([fut, out = std::move(out)](Future& f) {
+  // `out` moves into the value, so the engine thread never holds the last C++ reference to a
+  // tensor Python also owns (dropping that one takes the GIL).
+  engine_fut->addCallback([fut, out = std::move(out)](Future& f) mutable {
     if (f.hasError())
       fut->setError(as_dist_error(f.exception_ptr()));
     else
-      fut->markCompleted(c10::IValue(std::vector<at::Tensor>{out}));
+      fut->markCompleted(c10::IValue(std::vector<at::Tensor>{std::move(out)}));
+    out = at::Tensor();
   });
   return fut;
 }
@@ -142,15 +145,26 @@ bool FastAllreduceBackend::on_engine(const std::vector<at::Tensor>& tensors,
 }
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_allreduce(const at::Tensor& t, RedOp op,
-                                                                      c10d::OpType type, const char* title) {
+                                                                      c10d::OpType type, const char* title,
+                                                                      bool sync) {
+  // The engine gets a detached alias (same storage, no Python object): its worker thread drops
+  // its references without the GIL, which the caller's thread usually holds by then.
   Call call;
-  call.input = t;
-  call.output = t;
+  call.input = t.detach();
+  call.output = call.input;
   call.op = op;
   call.algo = algo_;
   c10::intrusive_ptr<Future> engine_fut;
   try {
-    // Always through the worker: the caller may not wait (async_op, DDP), and FIFO order is kept.
+    if (sync) {
+      // async_op=False: the caller waits at once, so run on its thread when nothing is queued
+      // (no hand-off to the worker and back); FIFO order is kept by the engine either way.
+      engine_->run(std::move(call));
+      engine_ops_.fetch_add(1, std::memory_order_relaxed);
+      auto done = c10::make_intrusive<Future>(c10::ListType::ofTensors());
+      done->markCompleted(c10::IValue(std::vector<at::Tensor>{t}));
+      return c10::make_intrusive<FutureWork>(done, rank_, type, title, std::vector<at::Tensor>{t});
+    }
     engine_fut = engine_->run_async(std::move(call));
   } catch (...) {
     std::rethrow_exception(as_dist_error(std::current_exception()));
@@ -165,7 +179,7 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce(std::vector<at::T
   if (on_engine(tensors, opts)) {
     RedOp op;
     to_redop(opts.reduceOp, &op);
-    return engine_allreduce(tensors[0], op, c10d::OpType::ALLREDUCE, nullptr);
+    return engine_allreduce(tensors[0], op, c10d::OpType::ALLREDUCE, nullptr, !opts.asyncOp);
   }
   if (opts.reduceOp == c10d::ReduceOp::AVG && tensors.size() == 1) {
     // Gloo has no AVG; say what is wrong rather than Gloo's generic refusal.
@@ -187,7 +201,7 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::barrier(const c10d::Barrier
   // about: a one-byte engine allreduce (FIFO behind that work) and a Gloo barrier (behind the
   // delegated work), completed together.
   auto token = at::zeros({1}, at::TensorOptions().dtype(at::kByte));
-  auto engine_work = engine_allreduce(token, RedOp::kMax, c10d::OpType::BARRIER, nullptr);
+  auto engine_work = engine_allreduce(token, RedOp::kMax, c10d::OpType::BARRIER, nullptr, false);
   auto gloo_work = gloo_->barrier(opts);
   // Completes (with an empty tensor list, like Gloo's barrier) once both halves have; the first
   // error wins.

@@ -121,8 +121,9 @@ class FastAllreduceBackend : public c10d::Backend {
   void abort() override;
 
  private:
+  // sync: the caller waits at once (async_op=False), so the op may run on its thread.
   c10::intrusive_ptr<c10d::Work> engine_allreduce(const at::Tensor& t, RedOp op, c10d::OpType type,
-                                                  const char* title);
+                                                  const char* title, bool sync);
 
   std::shared_ptr<Communicator> engine_;
   c10::intrusive_ptr<c10d::Backend> gloo_;

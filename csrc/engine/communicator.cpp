@@ -97,11 +97,13 @@ void Communicator::run(Call call) {
     try {
       execute(t);
     } catch (...) {
+      t = Task{};  // drop the tensors before taking mu_ (see worker_loop)
       lk.lock();
       busy_ = false;
       cv_.notify_all();
       throw;
     }
+    t = Task{};
     lk.lock();
     busy_ = false;
     cv_.notify_all();
@@ -139,6 +141,10 @@ void Communicator::worker_loop() {
     } catch (...) {
       // execute() already delivered the error through the task's future.
     }
+    // Dropping a tensor that Python also references takes the GIL (torch's PyObject
+    // preservation): never while holding mu_, or a Python thread holding the GIL and waiting
+    // for mu_ in run_async() deadlocks with us.
+    t = Task{};
     lk.lock();
     busy_ = false;
     cv_.notify_all();
