@@ -553,7 +553,7 @@ def plot(doc: dict[str, Any], path: str) -> None:
         ax.set_title(f"allreduce {doc['config']['dtype']} {doc['config']['op']}, {run_['nranks']} ranks")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{doc['machine']['cpu_model']}, {doc['machine']['usable_cpus']} CPUs — median of slowest rank")
+    fig.suptitle(f"{doc['machine']['cpu_model']}, {doc['machine']['usable_cpus']} CPUs; time = median of the slowest rank", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
