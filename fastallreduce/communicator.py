@@ -37,6 +37,8 @@ _DEFAULTS = {
     "FASTALLREDUCE_BETA_GBPS": 1.0,
     "FASTALLREDUCE_CHUNK_BYTES": 512 * 1024,
     "FASTALLREDUCE_WINDOW": 4,
+    "FASTALLREDUCE_SHM_SLOT_BYTES": 4 << 20,
+    "FASTALLREDUCE_SHM_ONESHOT_BYTES": 32 * 1024,
 }
 _DEFAULT_TIMEOUT = timedelta(minutes=30)  # torch.distributed's default for gloo
 
@@ -143,13 +145,30 @@ class Communicator:
         self.host_of_rank = [hosts.index(i["host"]) for i in infos]
         self.local_ranks = [r for r in range(self.size) if self.host_of_rank[r] == self.host_of_rank[self.rank]]
         self.num_hosts = len(hosts)
+        sizes = [self.host_of_rank.count(h) for h in range(self.num_hosts)]
+        self.uniform_hosts = len(set(sizes)) == 1
         threads = max(1, (os.cpu_count() or 1) // len(self.local_ranks))
+        # Cross-host group of the ranks with my local index, one per index, all used at once by the
+        # hierarchical algorithm. Only its members create it (local synchronisation).
+        self._cross = None
+        local_index = self.local_ranks.index(self.rank)
+        if self.num_hosts > 1 and self.uniform_hosts and len(self.local_ranks) > 1:
+            members = [ranks[[r for r in range(self.size) if self.host_of_rank[r] == h][local_index]]
+                       for h in range(self.num_hosts)]
+            self._cross = dist.new_group(members, backend="gloo", timeout=timeout, use_local_synchronization=True)
         store = dist.PrefixStore(f"fastallreduce/{self._pg.group_name}/",
                                  dist.distributed_c10d._get_default_store())
         self._c = _C.Communicator(self._pg, store, int(timeout.total_seconds() * 1000),
                                   int(cfg["FASTALLREDUCE_CHUNK_BYTES"]), int(cfg["FASTALLREDUCE_WINDOW"]),
                                   threads, float(cfg["FASTALLREDUCE_ALPHA_US"]),
-                                  float(cfg["FASTALLREDUCE_BETA_GBPS"]), self._pg.group_name)
+                                  float(cfg["FASTALLREDUCE_BETA_GBPS"]), self._pg.group_name,
+                                  local_index, self.local_ranks, [infos[r]["pid"] for r in self.local_ranks],
+                                  self.num_hosts, self.uniform_hosts, self._cross,
+                                  int(cfg["FASTALLREDUCE_SHM_SLOT_BYTES"]), int(cfg["FASTALLREDUCE_SHM_ONESHOT_BYTES"]))
+        if algorithm != "auto" and not self._c.supports(_ALGO_CODE[algorithm]):
+            self._c.close()
+            raise ValueError(f"fastallreduce: algorithm={algorithm!r} cannot run on this topology "
+                             f"({self.num_hosts} hosts); 'shm' needs every rank on one host")
         self._algo = _ALGO_CODE[algorithm]
         self.config = cfg
         with _live_lock:

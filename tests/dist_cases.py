@@ -1,5 +1,6 @@
 """Functions that run on the ranks of a RankPool (importable by the spawned processes)."""
 import hashlib
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -9,9 +10,14 @@ import fastallreduce as far
 _comms: dict = {}
 
 
-def comm(algorithm="auto", **kw):
-    """One communicator per (algorithm, options) per process, reused across test cases."""
-    key = (algorithm, tuple(sorted(kw.items())))
+def comm(algorithm="auto", hosts=None, **kw):
+    """One communicator per (algorithm, simulated hosts, options) per process, reused across test cases.
+
+    Every rank must pass the same arguments (the cache key must agree across ranks).
+    """
+    key = (algorithm, tuple(hosts or ()), tuple(sorted(kw.items())))
+    if hosts:
+        kw["host_id"] = hosts[dist.get_rank()]
     c = _comms.get(key)
     if c is None or c.aborted:
         c = _comms[key] = far.Communicator(algorithm=algorithm, **kw)
@@ -48,18 +54,26 @@ def reference(x, op):
     return y
 
 
-def check_allreduce(algorithm, n, dtype_name, op, seed=0, out_of_place=False, kind="int"):
-    """Runs one allreduce; returns (max abs error vs reference, result bytes hash, algorithm used)."""
+def check_allreduce(algorithm, n, dtype_name, op, seed=0, out_of_place=False, kind="int", hosts=None,
+                    async_op=False):
+    """Runs one allreduce; returns (max abs error vs reference, result bytes hash, algorithm used).
+
+    hosts: per-rank host labels to simulate several hosts on this machine.
+    """
     dtype = getattr(torch, dtype_name)
     x = make_input(dist.get_rank(), n, dtype, seed, kind)
     ref = reference(x, op)
-    c = comm(algorithm)
+    c = comm(algorithm, hosts, timeout=timedelta(seconds=60))
     if out_of_place:
         keep = x.clone()
         out = torch.empty_like(x)
         res = c.allreduce(x, op=op, out=out)
         assert res is out
         assert torch.equal(x, keep), "out-of-place allreduce modified its input"
+    elif async_op:
+        fut = c.allreduce(x, op=op, async_op=True)
+        res = fut.wait()
+        assert res.data_ptr() == x.data_ptr()
     else:
         res = c.allreduce(x, op=op)
         assert res is x

@@ -5,8 +5,6 @@
 namespace far {
 namespace {
 constexpr int kTag = 7;
-// How long one wait slice lasts before the poll callback gets a chance to run.
-constexpr std::chrono::milliseconds kSlice{50};
 
 at::Tensor wrap(const void* data, size_t bytes) {
   return at::from_blob(const_cast<void*>(data), {static_cast<int64_t>(bytes)},
@@ -29,23 +27,40 @@ Request P2P::irecv(int peer, void* data, size_t bytes) {
 
 void P2P::wait(Request& req) {
   if (!req) return;
-  for (;;) {
-    try {
-      req.work->wait(kSlice);
-      req.work.reset();
-      return;
-    } catch (const CommError&) {
-      throw;
-    } catch (const std::exception& e) {
-      // Gloo reports an expired wait as "Timed out waiting ..."; the operation stays posted
-      // and can be waited for again. Anything else is a real transport failure.
-      std::string what = e.what();
-      if (what.find("Timed out") == std::string::npos && what.find("timed out") == std::string::npos)
-        throw CommError(std::string("transport failure ") + (req.send ? "sending to" : "receiving from") +
-                        " rank " + std::to_string(req.peer) + ": " + what.substr(0, 400));
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (interrupted_) {
+      poll_();
+      throw CommError("fastallreduce: wait interrupted");
     }
-    poll_();
+    current_ = req.work;
   }
+  bool ok = false;
+  std::string error;
+  try {
+    ok = req.work->wait();
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    current_.reset();
+  }
+  if (interrupted_) {
+    poll_();
+    throw CommError("fastallreduce: wait interrupted");
+  }
+  if (!error.empty())
+    throw CommError(std::string("fastallreduce: transport failure ") + (req.send ? "sending to" : "receiving from") +
+                    " rank " + std::to_string(req.peer) + ": " + error.substr(0, 400));
+  if (!ok) throw CommError("fastallreduce: transport wait returned without completing");
+  req.work.reset();
+}
+
+void P2P::interrupt() {
+  std::lock_guard<std::mutex> lk(mu_);
+  interrupted_ = true;
+  if (current_) current_->abort();
 }
 
 }  // namespace far

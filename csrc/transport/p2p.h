@@ -3,7 +3,9 @@
 #pragma once
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <mutex>
 #include <functional>
 #include <string>
 
@@ -28,13 +30,20 @@ class P2P {
   Request isend(int peer, const void* data, size_t bytes);
   Request irecv(int peer, void* data, size_t bytes);
   // Blocks until done. Throws CommError naming the peer when the transport fails, or whatever
-  // `poll` throws.
+  // `poll` throws once the wait was interrupted.
   void wait(Request& req);
+  // From another thread (the engine's watchdog): wake the blocked wait, for good. Gloo closes
+  // every connection when a wait times out, so waits are never given a timeout of their own;
+  // deadlines and aborts arrive through here instead.
+  void interrupt();
 
  private:
   c10::intrusive_ptr<c10d::ProcessGroup> pg_;
   std::function<void()> poll_;
   int rank_, size_;
+  std::mutex mu_;
+  c10::intrusive_ptr<c10d::Work> current_;
+  std::atomic<bool> interrupted_{false};
 };
 
 }  // namespace far
