@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -35,9 +34,9 @@ from typing import Any, Optional, Sequence
 import torch
 
 # Defaults: the README's main job runs this with no arguments; it must finish in a few minutes on
-# 2 cores (2 ranks, 4 KiB .. 64 MiB by 4x, gloo + every available algorithm).
+# 2 cores (2 ranks, 4 KiB .. 256 MiB by 4x, gloo + every available algorithm).
 DEFAULT_BEGIN = "4K"
-DEFAULT_END = "64M"
+DEFAULT_END = "256M"
 DEFAULT_FACTOR = 4
 DEFAULT_NRANKS = "2"
 DEFAULT_WARMUP = 3
@@ -115,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--algorithms", default=DEFAULT_ALGORITHMS,
                    help="comma-separated fastallreduce algorithms; ones that this build cannot run are skipped "
                         f"with a note (default {DEFAULT_ALGORITHMS})")
+    p.add_argument("--hosts", type=int, default=0,
+                   help="split the ranks into this many simulated hosts (consecutive blocks) for fastallreduce's "
+                        "topology, e.g. to measure 'hierarchical' on one machine (default 0: the real topology)")
     p.add_argument("--no-reference", action="store_true",
                    help="do not measure torch.distributed gloo (no ratio columns)")
     p.add_argument("--out", default="results", help="output directory for JSON and PNG (default results/)")
@@ -225,9 +227,11 @@ def _gloo_allreduce(t: torch.Tensor, op: str) -> None:
     dist.all_reduce(t, op=getattr(dist.ReduceOp, op.upper()))
 
 
-def _rank_setup(impls: list[str], dtype_name: str, op: str) -> dict[str, Optional[str]]:
+def _rank_setup(impls: list[str], dtype_name: str, op: str, hosts: int = 0) -> dict[str, Optional[str]]:
     """Creates the communicators and tries a tiny allreduce with each implementation.
 
+    ``hosts`` > 0 splits the ranks into that many simulated hosts (consecutive blocks) for
+    fastallreduce's topology, so that the hierarchical path can be measured on one machine.
     Returns impl -> None when usable, or the reason it is not (NotImplementedError, ValueError...).
     """
     import torch.distributed as dist
@@ -245,7 +249,8 @@ def _rank_setup(impls: list[str], dtype_name: str, op: str) -> dict[str, Optiona
             else:
                 c = _state["comms"].get(name)
                 if c is None:
-                    c = far.Communicator(algorithm=name)
+                    host_id = f"simulated-host-{rank * hosts // world}" if hosts else None
+                    c = far.Communicator(algorithm=name, host_id=host_id)
                     _state["comms"][name] = c
                 c.allreduce(x, op=op)
             bad = count_wrong(x, _tile(expected_period(world, dtype, op), x.numel()), op)
@@ -356,7 +361,6 @@ def _summarise(per_rank: list[dict], nbytes: int, world: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     """Runs the benchmark described by ``args`` (see :func:`build_parser`); returns the JSON document."""
-    from ..launch import RankPool
     from . import machine
 
     dtype = DTYPES[args.datatype]
@@ -379,7 +383,8 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "tool": "allreduce_bw",
         "config": {"sizes": [c * elsize for c in counts], "counts": counts, "dtype": args.datatype,
                    "op": args.op, "warmup": args.warmup_iters, "iters": args.iters, "nranks": args.nranks,
-                   "algorithms": algos, "reference": None if args.no_reference else REFERENCE,
+                   "algorithms": algos, "simulated_hosts": args.hosts,
+                   "reference": None if args.no_reference else REFERENCE,
                    "check": "every iteration" if args.check else "one extra iteration after the timed ones"},
         "machine": machine.describe(),
         "copy_bandwidth": copy_bw,
@@ -432,7 +437,7 @@ def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, arg
     run_: dict[str, Any] = {"nranks": world, "skipped": {}, "notes": [], "results": {}}
     # One thread per rank: ranks share the cores; fastallreduce sizes its own kernel threads.
     with RankPool(world, threads=1, start_timeout=300.0, pg_timeout_s=max(120.0, args.timeout)) as pool:
-        status_per_rank = pool.run(_rank_setup, impls, args.datatype, args.op, timeout=args.timeout)
+        status_per_rank = pool.run(_rank_setup, impls, args.datatype, args.op, args.hosts, timeout=args.timeout)
         usable = []
         for name in impls:
             reasons = {s[name] for s in status_per_rank}
@@ -469,6 +474,9 @@ def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, arg
                     row[mode]["ratio_vs_gloo"] = rrow[mode]["time_us"] / row[mode]["time_us"]
     if args.op == "avg" and REFERENCE in run_["results"]:
         run_["notes"].append("gloo has no AVG: its avg is all_reduce(SUM) followed by a division, both timed")
+    if args.hosts:
+        run_["notes"].append(f"fastallreduce sees {args.hosts} simulated hosts (consecutive blocks of ranks); "
+                             "all ranks really share this machine")
     if REFERENCE in run_["results"]:
         run_["notes"].append("gloo out-of-place = copy the input into the output, then all_reduce in place (timed)")
     return run_
