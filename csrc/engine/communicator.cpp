@@ -168,9 +168,9 @@ void Communicator::run(Call call) {
       cv_.notify_all();
       throw;
     }
-    lk.lock();
+      lk.lock();
     busy_ = false;
-    cv_.notify_all();
+    if (!queue_.empty()) cv_.notify_all();
     return;
   }
   auto fut = c10::make_intrusive<c10::ivalue::Future>(c10::TensorType::get());
@@ -304,10 +304,12 @@ void Communicator::check_header(P2P& t, const Header& mine) {
   // data, so no rank can complete the collective with wrong data.
   char* in = hdr_staging_.get(0, sizeof(Header));
   const int p = t.size(), me = t.rank();
-  Request s = t.isend((me + 1) % p, &mine, sizeof(Header));
   Request r = t.irecv((me - 1 + p) % p, in, sizeof(Header));
+  Request s = t.isend((me + 1) % p, &mine, sizeof(Header));
   t.wait(r);
+  auto T1 = Clock::now();
   t.wait(s);
+  auto T2 = Clock::now();
   Header theirs;
   std::memcpy(&theirs, in, sizeof(Header));
   if (!mine.same_call(theirs)) {

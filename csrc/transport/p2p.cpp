@@ -13,16 +13,18 @@ at::Tensor wrap(const void* data, size_t bytes) {
 }  // namespace
 
 P2P::P2P(c10::intrusive_ptr<c10d::ProcessGroup> pg, std::function<void()> poll)
-    : pg_(std::move(pg)), poll_(std::move(poll)), rank_(pg_->getRank()), size_(pg_->getSize()) {}
+    : pg_(std::move(pg)), poll_(std::move(poll)), rank_(pg_->getRank()), size_(pg_->getSize()) {
+  backend_ = pg_->getBackend(c10::DeviceType::CPU);
+}
 
 Request P2P::isend(int peer, const void* data, size_t bytes) {
   std::vector<at::Tensor> t{wrap(data, bytes)};
-  return Request{pg_->send(t, peer, kTag), peer, true, bytes};
+  return Request{backend_->send(t, peer, kTag), peer, true, bytes};
 }
 
 Request P2P::irecv(int peer, void* data, size_t bytes) {
   std::vector<at::Tensor> t{wrap(data, bytes)};
-  return Request{pg_->recv(t, peer, kTag), peer, false, bytes};
+  return Request{backend_->recv(t, peer, kTag), peer, false, bytes};
 }
 
 void P2P::wait(Request& req) {

@@ -39,6 +39,7 @@ class P2P {
 
  private:
   c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  c10::intrusive_ptr<c10d::Backend> backend_;  // called directly: no dispatcher round trip per message
   std::function<void()> poll_;
   int rank_, size_;
   std::mutex mu_;
