@@ -291,10 +291,24 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+RECIPE_NAMES = ("SGD", "scaled_lr", "param_groups", "zero_init_last_bn", "WarmupSchedule")
+
+
+def missing_recipe() -> list[str]:
+    """Names of fastallreduce.optim that the demo needs and this build lacks (empty when complete)."""
+    from . import optim as far_optim
+
+    return [n for n in RECIPE_NAMES if not hasattr(far_optim, n)]
+
+
 def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     """Runs every setting and seed; returns the JSON document (also written to ``args.out``)."""
     from .bench import machine
     from .launch import RankPool
+
+    missing = missing_recipe()
+    if missing:  # fail before starting any process, with the reason
+        raise SystemExit(f"the demo needs fastallreduce.optim.{{{', '.join(missing)}}}, which this build lacks")
 
     if args.quick:
         args.epochs, args.workers, args.seeds = 1, 2, 1
