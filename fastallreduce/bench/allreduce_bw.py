@@ -385,7 +385,8 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
                    "op": args.op, "warmup": args.warmup_iters, "iters": args.iters, "nranks": args.nranks,
                    "algorithms": algos, "simulated_hosts": args.hosts,
                    "reference": None if args.no_reference else REFERENCE,
-                   "check": "every iteration" if args.check else "one extra iteration after the timed ones"},
+                   "check": "every iteration" if args.check else "one extra iteration after the timed ones",
+                   "copy_GBps": copy_bw["GBps"]},
         "machine": machine.describe(),
         "copy_bandwidth": copy_bw,
         "runs": [],
@@ -396,6 +397,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     log(f"# memory copy bandwidth (1 process, 1 thread, torch copy_ of {human_size(copy_bw['bytes'])}): "
         f"{copy_bw['GBps']:.2f} GB/s (bytes copied; memory traffic is twice that)")
 
+    args.copy_GBps = copy_bw["GBps"]
     progress = None
     total = len(args.nranks) * len(counts) * len(impls)
     if not args.no_progress:
@@ -460,6 +462,8 @@ def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, arg
                                     args.iters, bool(args.check), timeout=args.timeout)
                 row = {"size": nbytes, "count": count, "type": args.datatype, "redop": args.op}
                 row.update(_summarise(per_rank, nbytes, world))
+                for mode in ("oop", "ip"):
+                    row[mode]["busbw_share_of_copy"] = row[mode]["busbw_GBps"] / args.copy_GBps
                 run_["results"][name].append(row)
                 if progress is not None:
                     progress.update(1)
@@ -529,6 +533,13 @@ def format_tables(run_: dict[str, Any], config: dict[str, Any]) -> str:
             if show_algo:
                 line += f"  {i.get('algorithm', '?')}"
             lines.append(line)
+    copy = config.get("copy_GBps")
+    if copy:
+        lines.append("#")
+        for name, rows in run_["results"].items():
+            best = max(rows, key=lambda r: r["ip"]["busbw_GBps"])
+            lines.append(f"# {name}: peak in-place busbw {best['ip']['busbw_GBps']:.3f} GB/s at {human_size(best['size'])}"
+                         f" = {100 * best['ip']['busbw_GBps'] / copy:.0f}% of the memory copy bandwidth ({copy:.2f} GB/s)")
     total_wrong = sum(r[m]["wrong"] for rows in run_["results"].values() for r in rows for m in ("oop", "ip"))
     lines.append(f"# {world} ranks: out of bounds values (#wrong, all rows): {total_wrong} "
                  f"{'OK' if total_wrong == 0 else 'FAILED'}")
