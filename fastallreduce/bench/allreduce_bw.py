@@ -536,10 +536,11 @@ def format_tables(run_: dict[str, Any], config: dict[str, Any]) -> str:
     copy = config.get("copy_GBps")
     if copy:
         lines.append("#")
+        # Compared at the largest size only: smaller buffers stay in cache, the copy was measured in DRAM.
         for name, rows in run_["results"].items():
-            best = max(rows, key=lambda r: r["ip"]["busbw_GBps"])
-            lines.append(f"# {name}: peak in-place busbw {best['ip']['busbw_GBps']:.3f} GB/s at {human_size(best['size'])}"
-                         f" = {100 * best['ip']['busbw_GBps'] / copy:.0f}% of the memory copy bandwidth ({copy:.2f} GB/s)")
+            last = rows[-1]
+            lines.append(f"# {name}: in-place busbw at {human_size(last['size'])} {last['ip']['busbw_GBps']:.3f} GB/s"
+                         f" = {100 * last['ip']['busbw_GBps'] / copy:.0f}% of the memory copy bandwidth ({copy:.2f} GB/s)")
     total_wrong = sum(r[m]["wrong"] for rows in run_["results"].values() for r in rows for m in ("oop", "ip"))
     lines.append(f"# {world} ranks: out of bounds values (#wrong, all rows): {total_wrong} "
                  f"{'OK' if total_wrong == 0 else 'FAILED'}")
