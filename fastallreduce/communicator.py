@@ -127,7 +127,10 @@ class Communicator:
         self.algorithm = algorithm
         self.timeout = timeout
         # Our own group: collective over the members only.
-        self._pg = dist.new_group(ranks, backend="gloo", timeout=timeout, use_local_synchronization=True)
+        # Gloo closes every connection when one of its own waits times out; give it more time than
+        # ours so that the communicator's deadline (which reports the missing ranks) fires first.
+        transport_timeout = timeout * 2 + timedelta(seconds=30)
+        self._pg = dist.new_group(ranks, backend="gloo", timeout=transport_timeout, use_local_synchronization=True)
         info = {"host": host_id or os.environ.get("FASTALLREDUCE_HOST_ID") or host_identity(),
                 "pid": os.getpid(), "cfg": _env_config()}
         infos: list = [None] * len(ranks)
@@ -155,7 +158,8 @@ class Communicator:
         if self.num_hosts > 1 and self.uniform_hosts and len(self.local_ranks) > 1:
             members = [ranks[[r for r in range(self.size) if self.host_of_rank[r] == h][local_index]]
                        for h in range(self.num_hosts)]
-            self._cross = dist.new_group(members, backend="gloo", timeout=timeout, use_local_synchronization=True)
+            self._cross = dist.new_group(members, backend="gloo", timeout=transport_timeout,
+                                         use_local_synchronization=True)
         store = dist.PrefixStore(f"fastallreduce/{self._pg.group_name}/",
                                  dist.distributed_c10d._get_default_store())
         self._c = _C.Communicator(self._pg, store, int(timeout.total_seconds() * 1000),

@@ -31,6 +31,9 @@ def make_input(rank, n, dtype, seed, kind="int"):
     if kind == "int" or not dtype.is_floating_point:
         lo, hi = (-3, 4) if dtype != torch.uint8 else (0, 4)
         return torch.randint(lo, hi, (n,), generator=g).to(dtype)
+    if kind == "pm2":  # products stay exact in every dtype: factors in {-2, -1, 1, 2}
+        v = torch.tensor([-2, -1, 1, 2])[torch.randint(0, 4, (n,), generator=g)]
+        return v.to(dtype)
     return torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
 
 
@@ -87,3 +90,24 @@ def check_allreduce(algorithm, n, dtype_name, op, seed=0, out_of_place=False, ki
         err = float((res.long() - ref.long()).abs().max()) if n else 0.0
     digest = hashlib.sha1(res.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest() if n else ""
     return err, digest, c.last_algorithm
+
+
+DTYPES = ["float32", "float64", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "bool"]
+OPS = ["sum", "avg", "product", "max", "min"]
+
+
+def valid(dtype_name, op):
+    if dtype_name == "bool":
+        return op in ("max", "min")
+    if op == "avg":
+        return dtype_name.startswith(("float", "bfloat"))
+    return True
+
+
+def run_cases(cases, hosts=None):
+    """Runs many (algorithm, n, dtype, op, seed, out_of_place, kind, async) cases on one rank."""
+    out = []
+    for algorithm, n, dtype_name, op, seed, oop, kind, async_op in cases:
+        out.append(check_allreduce(algorithm, n, dtype_name, op, seed=seed, out_of_place=oop, kind=kind,
+                                   hosts=hosts, async_op=async_op))
+    return out

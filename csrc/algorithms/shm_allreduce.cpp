@@ -67,7 +67,15 @@ void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const S
     const int s = static_cast<int>(k % 2);
     if (k > 2) g.wait_all(&ShmControl::done, k - 2, "slot reuse", ctx.header, ctx.deadline, ctx.poll);
     char* mine = g.slot(me, s);
-    if (n) std::memcpy(mine, src + off * es, n * es);
+    const Span my = aligned_part(n, L, me, es);
+    // Peers read every slice of my segment but mine, which I reduce straight from the input.
+    if (oneshot) {
+      if (n) std::memcpy(mine, src + off * es, n * es);
+    } else {
+      if (my.begin) std::memcpy(mine, src + off * es, my.begin * es);
+      const size_t tail = my.begin + my.len;
+      if (n > tail) std::memcpy(mine + tail * es, src + (off + tail) * es, (n - tail) * es);
+    }
     g.ctrl(me).header[s] = ctx.header;
     g.publish(&ShmControl::filled, k);
     g.wait_all(&ShmControl::filled, k, "copy-in", ctx.header, ctx.deadline, ctx.poll);
@@ -80,8 +88,8 @@ void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const S
       g.publish(&ShmControl::done, k);
       continue;
     }
-    const Span my = aligned_part(n, L, me, es);
     for (int r = 0; r < L; ++r) srcs[r] = g.slot(r, s) + my.begin * es;
+    srcs[me] = src + (off + my.begin) * es;
     if (my.len) reduce_many(mine + my.begin * es, srcs.data(), L, my.len, job.dtype, local_op, local_div, o.threads);
     if (stage) {
       Job slice = job;

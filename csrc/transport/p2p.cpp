@@ -52,6 +52,9 @@ void P2P::wait(Request& req) {
     poll_();
     throw CommError("fastallreduce: wait interrupted");
   }
+  if (!error.empty() && error.find("Timed out") != std::string::npos)
+    throw CommTimeoutError(std::string("fastallreduce: transport timed out ") + (req.send ? "sending to" : "receiving from") +
+                           " rank " + std::to_string(req.peer) + ": " + error.substr(0, 400));
   if (!error.empty())
     throw CommError(std::string("fastallreduce: transport failure ") + (req.send ? "sending to" : "receiving from") +
                     " rank " + std::to_string(req.peer) + ": " + error.substr(0, 400));

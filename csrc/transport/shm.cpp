@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <sstream>
 #include <thread>
@@ -43,6 +44,24 @@ void futex_wake(std::atomic<uint32_t>* addr) {
 }
 
 std::string sys_error(const std::string& what) { return what + ": " + std::strerror(errno); }
+
+// A killed process stays a zombie until its parent reaps it, and kill(pid, 0) still succeeds
+// then: read its state too.
+bool process_alive(int pid) {
+  if (kill(pid, 0) != 0 && errno == ESRCH) return false;
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+  FILE* f = std::fopen(path, "r");
+  if (!f) return true;  // no procfs: trust kill()
+  char buf[512];
+  size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = 0;
+  const char* close_paren = std::strrchr(buf, ')');
+  if (!close_paren || close_paren[1] == 0) return true;
+  const char state = close_paren[2];
+  return state != 'Z' && state != 'X';
+}
 
 }  // namespace
 
@@ -163,7 +182,7 @@ void ShmGroup::wait_one(int r, ShmCounter ShmControl::*which, uint32_t target, c
     for (int q = 0; q < local_size(); ++q)
       if (q != me_ && !reached((ctrl(q).*which).value.load(), target)) behind.push_back(q);
     for (int q : behind) {
-      if (kill(peers_.pids[q], 0) != 0 && errno == ESRCH) {
+      if (!process_alive(peers_.pids[q])) {
         std::ostringstream os;
         os << "fastallreduce: rank " << peers_.group_ranks[q] << " (pid " << peers_.pids[q]
            << ") died during " << h.describe() << " [shared-memory " << phase << "]";
