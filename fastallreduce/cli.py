@@ -22,8 +22,10 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-# Benchmarks provided by other modules of the package, found by import: name -> module.
+# Benchmarks provided by other modules of the package, found by import: name -> module. Each offers
+# main(argv); `bench all` runs it in its own process with the arguments below ({out}: output directory).
 OPTIONAL_BENCHMARKS = {"ddp": "fastallreduce.bench.ddp_step", "sgd": "fastallreduce.bench.sgd_step"}
+BENCH_ALL_ARGS = {"ddp": ["--json", "{out}/ddp_step.json"], "sgd": []}
 
 
 def _module_exists(name: str) -> bool:
@@ -69,7 +71,8 @@ def _call_main(module: Any, argv: list[str]) -> int:
         print(f"{module.__name__} has no main()", file=sys.stderr)
         return 2
     rc = main(argv)
-    return int(rc or 0)
+    # main() may return an exit status or its results (e.g. rows); only an int is a status.
+    return rc if isinstance(rc, int) else 0
 
 
 def _bench_all_parser() -> argparse.ArgumentParser:
@@ -80,6 +83,7 @@ def _bench_all_parser() -> argparse.ArgumentParser:
     p.add_argument("--allreduce-args", default="",
                    help="extra arguments for the allreduce benchmark, e.g. \"-e 256M -i 20\"")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds each other benchmark may take")
+    p.add_argument("--skip", default="", help=f"comma-separated benchmarks to leave out: {', '.join(OPTIONAL_BENCHMARKS)}")
     return p
 
 
@@ -118,14 +122,19 @@ def bench_all(argv: Sequence[str]) -> int:
         + f"![busbw against size]({os.path.basename(doc.get('png_path', 'allreduce_bw.png'))})\n")
 
     # 2. benchmarks of the other parts, each in its own process, found by import.
+    skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     for name, mod in OPTIONAL_BENCHMARKS.items():
+        if name in skip:
+            sections.append(f"## {name} step benchmark\n\nleft out (--skip {name}).\n")
+            continue
         if not _module_exists(mod):
             note = f"`{mod}` is not in this build yet: skipped."
             print(f"# bench {name}: {note}")
             sections.append(f"## {name} step benchmark\n\n{note}\n")
             continue
         # Its own process (its own rank pools); the module's main(argv) is the contract.
-        cmd = [sys.executable, "-m", "fastallreduce", "bench", name]
+        extra = [a.format(out=args.out) for a in BENCH_ALL_ARGS.get(name, [])]
+        cmd = [sys.executable, "-m", "fastallreduce", "bench", name, *extra]
         print(f"# bench {name}: {' '.join(cmd[1:])}")
         t = time.perf_counter()
         try:
@@ -138,7 +147,7 @@ def bench_all(argv: Sequence[str]) -> int:
         if code != "0":
             rc |= 1
         sections.append(f"## {name} step benchmark ({time.perf_counter() - t:.0f} s, exit {code})\n\n"
-                        f"`python -m fastallreduce bench {name}` (`{mod}`)\n\n```\n{out.rstrip()}\n```\n")
+                        f"`{' '.join(cmd[1:])}` (`{mod}`)\n\n```\n{out.rstrip()}\n```\n")
 
     report = os.path.join(args.out, "report.md")
     with open(report, "w") as f:
