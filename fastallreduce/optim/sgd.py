@@ -1,0 +1,303 @@
+"""SGD with momentum as one fused multi-tensor kernel (CPU: vectorised, threaded; CUDA: few launches).
+
+``fastallreduce.optim.SGD`` is a drop-in replacement for ``torch.optim.SGD``: same constructor,
+same validation, same ``state_dict`` (so checkpoints move both ways). On CPU its float32/float64
+results are bit-identical to ``torch.optim.SGD(foreach=False)``; float16/bfloat16 match
+``torch.optim.SGD(fused=True)`` (float32 math, one rounding per stored value).
+
+It can also keep the learning rate inside the momentum buffer, as Goyal et al. (2017) write SGD::
+
+    u = m * u + lr * (g + wd * w);   w = w - u
+
+with their *momentum correction* (u is scaled by lr_new / lr_old when the lr changes), which
+makes it equivalent to torch's form ``v = m * v + g; w = w - lr * v``. Select it with
+``lr_in_momentum=True``.
+"""
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .. import _C
+
+__all__ = ["SGD"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# State key (never saved) that marks a buffer as holding u = lr * v and names the lr it holds.
+_BUF_LR = "momentum_buffer_lr"
+_fma_cache: list[bool] = []
+
+
+def _aten_uses_fma() -> bool:
+    """ATen's SIMD CPU kernels compute add(x, y, alpha) as one fused multiply-add (vector body
+    and, contracted by the compiler, the scalar tail); its DEFAULT build rounds twice."""
+    if not _fma_cache:
+        _fma_cache.append(torch.backends.cpu.get_cpu_capability() != "DEFAULT")
+    return _fma_cache[0]
+
+
+def _scalar(x: float | Tensor) -> float:
+    return float(x.item()) if isinstance(x, Tensor) else float(x)
+
+
+def _dense_like(p: Tensor, other: Tensor) -> bool:
+    """Can the kernel treat p and other as two flat arrays of the same layout?"""
+    if p.is_contiguous() and other.is_contiguous():
+        return True
+    if p.stride() != other.stride() or p.shape != other.shape:
+        return False
+    return p.dim() in (4, 5) and p.is_contiguous(
+        memory_format=torch.channels_last if p.dim() == 4 else torch.channels_last_3d)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, as ``torch.optim.SGD``, in one fused kernel.
+
+    Args:
+        params: iterable of parameters or of dicts defining parameter groups.
+        lr: learning rate (default 1e-3). A 1-element Tensor is read with ``.item()`` each step.
+        momentum: momentum factor (default 0).
+        dampening: dampening for momentum (default 0).
+        weight_decay: L2 penalty added to the gradient (default 0).
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening = 0).
+        maximize: maximise the objective instead of minimising it.
+        foreach, fused: accepted for compatibility and validated like torch's; the update is
+            always fused here. They are kept in ``param_groups`` so that a state_dict means the
+            same to ``torch.optim.SGD``.
+        differentiable: must be False (the kernel is not differentiable).
+        lr_in_momentum: keep the buffer in the paper's form u = lr * v (see the module doc).
+        momentum_correction: in that form, scale u by lr_new / lr_old when the lr changes
+            (default True; then the result equals torch's form up to rounding). Without it the
+            buffer carries the old lr into the new one, as plain lr-in-momentum SGD does.
+        num_threads: CPU threads for the kernel; default ``torch.get_num_threads()`` at each step.
+            The result does not depend on it.
+
+    ``state_dict()`` always holds torch's ``momentum_buffer`` (v), so it loads into
+    ``torch.optim.SGD`` and back. In the lr-in-momentum form it saves v = u / lr_old (with
+    correction; the exact continuation) or u / group lr (without correction: the lr of the next
+    step, as after ``scheduler.step()``), and a loaded v becomes u = v * lr at the next step.
+    Sparse gradients raise RuntimeError. Tensors the kernels cannot take (complex dtypes,
+    unusual strides, devices other than CPU and, when built with CUDA, CUDA) are updated with
+    the same torch operations as ``torch.optim.SGD(foreach=False)``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        lr_in_momentum: bool = False,
+        momentum_correction: bool = True,
+        num_threads: int | None = None,
+    ) -> None:
+        # Validation and messages as torch.optim.SGD.
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"Invalid num_threads: {num_threads}")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+            "lr_in_momentum": lr_in_momentum,
+            "momentum_correction": momentum_correction,
+        }
+        super().__init__(params, defaults)
+        if fused:
+            if differentiable:
+                raise RuntimeError("`fused` does not support `differentiable`")
+            if foreach:
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        if differentiable:
+            raise RuntimeError("fastallreduce.optim.SGD does not support `differentiable`; use torch.optim.SGD")
+        self.num_threads = num_threads
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # A group loaded from torch.optim.SGD (or an older checkpoint) lacks our keys: keep the
+        # form this optimizer was built with.
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", None)
+            group.setdefault("lr_in_momentum", self.defaults.get("lr_in_momentum", False))
+            group.setdefault("momentum_correction", self.defaults.get("momentum_correction", True))
+        self.__dict__.setdefault("num_threads", None)
+
+    # ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Performs one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        lr = _scalar(group["lr"])
+        momentum = float(group["momentum"])
+        dampening = float(group["dampening"])
+        wd = _scalar(group["weight_decay"])
+        nesterov = bool(group["nesterov"])
+        maximize = bool(group["maximize"])
+        paper = bool(group["lr_in_momentum"]) and momentum != 0
+        correct = bool(group["momentum_correction"])
+        if paper and lr == 0:
+            raise ValueError("lr_in_momentum=True cannot hold the momentum buffer at lr=0 (u = lr * v); "
+                             "use a positive lr or the default form")
+        # Calls grouped by (device, momentum correction factor): usually exactly one.
+        calls: dict[tuple, tuple[list, list, list, list]] = {}
+        slow: list[tuple[Tensor, Tensor, dict | None, float]] = []
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError("fastallreduce.optim.SGD does not support sparse gradients; "
+                                   "use torch.optim.SGD for sparse parameters")
+            state = self.state[p] if momentum != 0 else None
+            buf = state.get("momentum_buffer") if state is not None else None
+            scale = 1.0
+            if state is not None:
+                scale = self._prepare_buffer(state, buf, paper, lr, correct)
+                buf = state.get("momentum_buffer")
+            if not self._kernel_ok(p, g, buf):
+                slow.append((p, g, state, scale))
+                continue
+            init = buf is None
+            if init and state is not None:
+                buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
+            lists = calls.get((p.device, scale))
+            if lists is None:
+                lists = calls[(p.device, scale)] = ([], [], [], [])
+            lists[0].append(p)
+            lists[1].append(g)
+            lists[2].append(buf)
+            lists[3].append(init)
+
+        args = (lr, momentum, dampening, wd, nesterov, maximize, paper)
+        for (device, scale), (ps, gs, bs, init) in calls.items():
+            with torch.profiler.record_function("fastallreduce::sgd_step"):
+                if device.type == "cpu":
+                    threads = self.num_threads or torch.get_num_threads()
+                    _C.sgd_step_cpu(ps, gs, bs, init, *args, scale, _aten_uses_fma(), threads)
+                else:
+                    _C.sgd_step_cuda(ps, gs, bs, init, *args, scale)
+        for p, g, state, scale in slow:
+            self._torch_update(p, g, state, lr, momentum, dampening, wd, nesterov, maximize, paper, scale)
+        if paper:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.state[p][_BUF_LR] = lr
+
+    @staticmethod
+    def _prepare_buffer(state: dict, buf: Tensor | None, paper: bool, lr: float, correct: bool) -> float:
+        """Brings an existing buffer into the group's form; returns the momentum correction factor."""
+        held = state.get(_BUF_LR)
+        if buf is None:
+            state.pop(_BUF_LR, None)
+            return 1.0
+        if not paper:
+            if held is not None:  # group switched back to torch's form
+                state["momentum_buffer"] = buf.div(held)
+                del state[_BUF_LR]
+            return 1.0
+        if held is None:  # a torch-form buffer (loaded state_dict, or the group switched form)
+            state["momentum_buffer"] = buf.mul(lr)
+            state[_BUF_LR] = lr
+            return 1.0
+        return lr / held if correct else 1.0
+
+    @staticmethod
+    def _kernel_ok(p: Tensor, g: Tensor, buf: Tensor | None) -> bool:
+        dev = p.device.type
+        if dev == "cuda":
+            if not hasattr(_C, "sgd_step_cuda"):
+                return False
+        elif dev != "cpu":
+            return False
+        if p.dtype not in _KERNEL_DTYPES or g.dtype != p.dtype or g.device != p.device:
+            return False
+        if g.is_conj() or g.is_neg() or p.is_conj() or p.is_neg():
+            return False
+        if not _dense_like(p, g):
+            return False
+        return buf is None or (buf.dtype == p.dtype and buf.device == p.device and _dense_like(p, buf))
+
+    @staticmethod
+    def _torch_update(p: Tensor, g: Tensor, state: dict | None, lr: float, momentum: float, dampening: float,
+                      wd: float, nesterov: bool, maximize: bool, paper: bool, scale: float) -> None:
+        """The same update with torch operations, for tensors the kernels cannot take."""
+        grad = g if not maximize else -g
+        if wd != 0:
+            grad = grad.add(p, alpha=wd)
+        if momentum != 0:
+            assert state is not None
+            buf = state.get("momentum_buffer")
+            if paper:
+                if buf is None:
+                    buf = state["momentum_buffer"] = grad.mul(lr)
+                else:
+                    buf.mul_(momentum * scale).add_(grad, alpha=(1 - dampening) * lr)
+                step = grad.mul(lr).add_(buf, alpha=momentum) if nesterov else buf
+                p.sub_(step)
+                return
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.detach().clone()
+            else:
+                buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+            grad = grad.add(buf, alpha=momentum) if nesterov else buf
+        p.add_(grad, alpha=-lr)
+
+    # ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim.SGD's state_dict: ``momentum_buffer`` always in torch's form (v)."""
+        sd = super().state_dict()
+        # Packed state is keyed by the parameter's position over all groups (as torch packs it).
+        for index, group in enumerate(g for g in self.param_groups for _ in g["params"]):
+            st = sd["state"].get(index)
+            if st is None or _BUF_LR not in st:
+                continue
+            st = dict(st)  # never modify the live state
+            held = st.pop(_BUF_LR)
+            if st.get("momentum_buffer") is not None:
+                div = held if group["momentum_correction"] else _scalar(group["lr"])
+                st["momentum_buffer"] = st["momentum_buffer"].div(div)
+            sd["state"][index] = st
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a state_dict of this class or of ``torch.optim.SGD`` (buffers in torch's form)."""
+        super().load_state_dict(state_dict)
+        for st in self.state.values():
+            st.pop(_BUF_LR, None)  # loaded buffers are torch-form; converted at the next step
