@@ -14,23 +14,23 @@ namespace py = pybind11;
 namespace far {
 namespace {
 
-void sgd_step_cuda_py(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+// Updates the CUDA tensors it can take (all on one device: the first one's); returns the others' positions.
+std::vector<int64_t> sgd_step_cuda_py(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
                       const std::vector<c10::optional<at::Tensor>>& bufs, const std::vector<bool>& init_buf,
                       double lr, double momentum, double dampening, double weight_decay, bool nesterov,
                       bool maximize, bool lr_in_momentum, double momentum_scale) {
-  if (params.empty()) return;
-  std::vector<SgdTensor> ts = sgd_collect(params, grads, bufs, init_buf, momentum != 0, c10::DeviceType::CUDA);
-  const c10::Device dev = params[0].device();
-  for (const auto& p : params)
-    if (p.device() != dev)
-      throw py::value_error("fastallreduce: SGD CUDA kernel: tensors on " + dev.str() + " and " + p.device().str() +
-                            " in one call");
+  c10::optional<c10::Device> dev;
+  SgdBatch batch = sgd_collect(params, grads, bufs, init_buf, momentum != 0, c10::DeviceType::CUDA, &dev);
+  if (batch.tensors.empty()) return batch.skipped;
   const SgdParams p = sgd_params(lr, momentum, dampening, weight_decay, nesterov, maximize, lr_in_momentum,
                                  momentum_scale, /*fma=*/true);
-  c10::cuda::CUDAGuard guard(dev);
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev.index()).stream();
-  py::gil_scoped_release nogil;
-  cuda::sgd_step_cuda(ts.data(), ts.size(), p, stream);
+  c10::cuda::CUDAGuard guard(*dev);
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev->index()).stream();
+  {
+    py::gil_scoped_release nogil;
+    cuda::sgd_step_cuda(batch.tensors.data(), batch.tensors.size(), p, stream);
+  }
+  return batch.skipped;
 }
 
 void bind(py::module& m) {

@@ -2,6 +2,7 @@
 import math
 from collections.abc import Sequence
 
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -110,3 +111,14 @@ class WarmupSchedule(LRScheduler):
 
     def _get_closed_form_lr(self) -> list[float]:
         return self.lr_at(self.last_epoch)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restores the schedule and sets the optimizer's lr to its value at the restored step,
+        whatever the order in which optimizer and scheduler were rebuilt."""
+        super().load_state_dict(state_dict)
+        for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_epoch)):
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

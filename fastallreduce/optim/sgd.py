@@ -25,7 +25,7 @@ from .. import _C
 
 __all__ = ["SGD"]
 
-_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_HAS_CUDA = hasattr(_C, "sgd_step_cuda")
 # State key (never saved) that marks a buffer as holding u = lr * v and names the lr it holds.
 _BUF_LR = "momentum_buffer_lr"
 _fma_cache: list[bool] = []
@@ -41,16 +41,6 @@ def _aten_uses_fma() -> bool:
 
 def _scalar(x: float | Tensor) -> float:
     return float(x.item()) if isinstance(x, Tensor) else float(x)
-
-
-def _dense_like(p: Tensor, other: Tensor) -> bool:
-    """Can the kernel treat p and other as two flat arrays of the same layout?"""
-    if p.is_contiguous() and other.is_contiguous():
-        return True
-    if p.stride() != other.stride() or p.shape != other.shape:
-        return False
-    return p.dim() in (4, 5) and p.is_contiguous(
-        memory_format=torch.channels_last if p.dim() == 4 else torch.channels_last_3d)
 
 
 class SGD(Optimizer):
@@ -136,6 +126,7 @@ class SGD(Optimizer):
         if differentiable:
             raise RuntimeError("fastallreduce.optim.SGD does not support `differentiable`; use torch.optim.SGD")
         self.num_threads = num_threads
+        self._paper_buffers = False  # some state may hold a buffer in the lr-in-momentum form
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -150,6 +141,7 @@ class SGD(Optimizer):
             group.setdefault("lr_in_momentum", self.defaults.get("lr_in_momentum", False))
             group.setdefault("momentum_correction", self.defaults.get("momentum_correction", True))
         self.__dict__.setdefault("num_threads", None)
+        self.__dict__.setdefault("_paper_buffers", True)
 
     # ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -164,61 +156,61 @@ class SGD(Optimizer):
         return loss
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        # Per parameter only list building stays in Python: eligibility checks run in C++.
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
         lr = _scalar(group["lr"])
         momentum = float(group["momentum"])
-        dampening = float(group["dampening"])
-        wd = _scalar(group["weight_decay"])
-        nesterov = bool(group["nesterov"])
-        maximize = bool(group["maximize"])
         paper = bool(group["lr_in_momentum"]) and momentum != 0
-        correct = bool(group["momentum_correction"])
         if paper and lr == 0:
             raise ValueError("lr_in_momentum=True cannot hold the momentum buffer at lr=0 (u = lr * v); "
                              "use a positive lr or the default form")
-        # Calls grouped by (device, momentum correction factor): usually exactly one.
-        calls: dict[tuple, tuple[list, list, list, list]] = {}
-        slow: list[tuple[Tensor, Tensor, dict | None, float]] = []
-        for p in group["params"]:
-            g = p.grad
-            if g is None:
-                continue
-            if g.is_sparse:
-                raise RuntimeError("fastallreduce.optim.SGD does not support sparse gradients; "
-                                   "use torch.optim.SGD for sparse parameters")
-            state = self.state[p] if momentum != 0 else None
-            buf = state.get("momentum_buffer") if state is not None else None
-            scale = 1.0
-            if state is not None:
-                scale = self._prepare_buffer(state, buf, paper, lr, correct)
-                buf = state.get("momentum_buffer")
-            if not self._kernel_ok(p, g, buf):
-                slow.append((p, g, state, scale))
-                continue
-            init = buf is None
-            if init and state is not None:
-                buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
-            lists = calls.get((p.device, scale))
-            if lists is None:
-                lists = calls[(p.device, scale)] = ([], [], [], [])
-            lists[0].append(p)
-            lists[1].append(g)
-            lists[2].append(buf)
-            lists[3].append(init)
-
-        args = (lr, momentum, dampening, wd, nesterov, maximize, paper)
-        for (device, scale), (ps, gs, bs, init) in calls.items():
-            with torch.profiler.record_function("fastallreduce::sgd_step"):
-                if device.type == "cpu":
-                    threads = self.num_threads or torch.get_num_threads()
-                    _C.sgd_step_cpu(ps, gs, bs, init, *args, scale, _aten_uses_fma(), threads)
-                else:
-                    _C.sgd_step_cuda(ps, gs, bs, init, *args, scale)
-        for p, g, state, scale in slow:
-            self._torch_update(p, g, state, lr, momentum, dampening, wd, nesterov, maximize, paper, scale)
+        scales: list[float] | None = None
+        bufs: list[Tensor | None] = []
+        init: list[bool] = []
+        if momentum != 0:
+            states = [self.state[p] for p in params]
+            bufs = [st.get("momentum_buffer") for st in states]
+            if paper or self._paper_buffers:  # buffers may need converting between the forms
+                correct = bool(group["momentum_correction"])
+                scales = [self._prepare_buffer(st, b, paper, lr, correct) for st, b in zip(states, bufs)]
+                bufs = [st.get("momentum_buffer") for st in states]
+            init = [b is None for b in bufs]
+            if any(init):  # first step: the kernel writes the new buffer without reading it
+                for i, b in enumerate(bufs):
+                    if b is None:
+                        bufs[i] = states[i]["momentum_buffer"] = torch.empty_like(
+                            params[i], memory_format=torch.preserve_format)
+        args = (lr, momentum, float(group["dampening"]), _scalar(group["weight_decay"]), bool(group["nesterov"]),
+                bool(group["maximize"]), paper)
+        if scales is None or len(set(scales)) == 1:
+            self._update(params, grads, bufs, init, args, scales[0] if scales else 1.0)
+        else:  # buffers last updated at different lrs (parameters that skipped steps)
+            for scale in set(scales):
+                idx = [i for i, s in enumerate(scales) if s == scale]
+                self._update([params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx],
+                             [init[i] for i in idx], args, scale)
         if paper:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self.state[p][_BUF_LR] = lr
+            for st in states:
+                st[_BUF_LR] = lr
+            self._paper_buffers = True
+
+    def _update(self, params: list[Tensor], grads: list[Tensor], bufs: list, init: list[bool], args: tuple,
+                scale: float) -> None:
+        """One kernel call per device type; what no kernel takes goes through torch operations."""
+        with torch.profiler.record_function("fastallreduce::sgd_step"):
+            left = _C.sgd_step_cpu(params, grads, bufs, init, *args, scale, _aten_uses_fma(),
+                                   self.num_threads or torch.get_num_threads())
+            while left and _HAS_CUDA and any(params[i].is_cuda for i in left):
+                pick = lambda xs: [xs[i] for i in left] if xs else xs  # noqa: E731
+                rest = _C.sgd_step_cuda(pick(params), pick(grads), pick(bufs), pick(init), *args, scale)
+                if len(rest) == len(left):
+                    break
+                left = [left[j] for j in rest]  # tensors on another CUDA device: next round
+        for i in left:
+            self._torch_update(params[i], grads[i], bufs[i] if bufs else None, bool(init and init[i]), scale, *args)
 
     @staticmethod
     def _prepare_buffer(state: dict, buf: Tensor | None, paper: bool, lr: float, correct: bool) -> float:
@@ -239,41 +231,25 @@ class SGD(Optimizer):
         return lr / held if correct else 1.0
 
     @staticmethod
-    def _kernel_ok(p: Tensor, g: Tensor, buf: Tensor | None) -> bool:
-        dev = p.device.type
-        if dev == "cuda":
-            if not hasattr(_C, "sgd_step_cuda"):
-                return False
-        elif dev != "cpu":
-            return False
-        if p.dtype not in _KERNEL_DTYPES or g.dtype != p.dtype or g.device != p.device:
-            return False
-        if g.is_conj() or g.is_neg() or p.is_conj() or p.is_neg():
-            return False
-        if not _dense_like(p, g):
-            return False
-        return buf is None or (buf.dtype == p.dtype and buf.device == p.device and _dense_like(p, buf))
-
-    @staticmethod
-    def _torch_update(p: Tensor, g: Tensor, state: dict | None, lr: float, momentum: float, dampening: float,
-                      wd: float, nesterov: bool, maximize: bool, paper: bool, scale: float) -> None:
-        """The same update with torch operations, for tensors the kernels cannot take."""
+    def _torch_update(p: Tensor, g: Tensor, buf: Tensor | None, init: bool, scale: float, lr: float,
+                      momentum: float, dampening: float, wd: float, nesterov: bool, maximize: bool,
+                      paper: bool) -> None:
+        """The same update with torch operations (as torch.optim.SGD(foreach=False)), for tensors
+        no kernel takes (complex dtypes, unusual strides, other devices)."""
         grad = g if not maximize else -g
         if wd != 0:
             grad = grad.add(p, alpha=wd)
         if momentum != 0:
-            assert state is not None
-            buf = state.get("momentum_buffer")
+            assert buf is not None
             if paper:
-                if buf is None:
-                    buf = state["momentum_buffer"] = grad.mul(lr)
+                if init:
+                    buf.copy_(grad.mul(lr))
                 else:
                     buf.mul_(momentum * scale).add_(grad, alpha=(1 - dampening) * lr)
-                step = grad.mul(lr).add_(buf, alpha=momentum) if nesterov else buf
-                p.sub_(step)
+                p.sub_(grad.mul(lr).add_(buf, alpha=momentum) if nesterov else buf)
                 return
-            if buf is None:
-                buf = state["momentum_buffer"] = grad.detach().clone()
+            if init:
+                buf.copy_(grad)
             else:
                 buf.mul_(momentum).add_(grad, alpha=1 - dampening)
             grad = grad.add(buf, alpha=momentum) if nesterov else buf
@@ -301,3 +277,4 @@ class SGD(Optimizer):
         super().load_state_dict(state_dict)
         for st in self.state.values():
             st.pop(_BUF_LR, None)  # loaded buffers are torch-form; converted at the next step
+        self._paper_buffers = False
