@@ -30,7 +30,7 @@ def threads(request):
 
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPLS, ids=["loop", "foreach", "fused", "fastallreduce"])
 def test_sgd_step(benchmark, params, impl, threads):
     opt = bench.optimizers(params, bench.hyperparameters())[impl]()
     for _ in range(3):  # allocate momentum buffers, warm the allocator

@@ -1,7 +1,5 @@
 // Run-time choice of the SGD kernel's instruction set, and splitting one multi-tensor update
 // across threads.
-#include <omp.h>
-
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -26,7 +24,8 @@ detail::SgdRangeFn kernel() {
 
 // Below this many parameter bytes per thread, waking another thread costs more than it saves.
 constexpr int64_t kMinBytesPerThread = 256 * 1024;
-constexpr int64_t kAlign = 64;  // thread boundaries on cache lines, so no line is shared
+constexpr int64_t kAlign = 64;  // piece boundaries on cache lines, so no line is shared
+constexpr int64_t kPiecesPerThread = 8;
 
 bool supported(DType t) {
   return t == DType::kFloat32 || t == DType::kFloat64 || t == DType::kFloat16 || t == DType::kBFloat16;
@@ -35,8 +34,8 @@ bool supported(DType t) {
 }  // namespace
 
 void sgd_step(const SgdTensor* tensors, size_t count, const SgdParams& params, int threads) {
-  // Each thread takes one contiguous piece of the concatenation of all tensors (by bytes),
-  // so that 161 tensors of very different sizes still split evenly.
+  // Work is split into contiguous pieces of the concatenation of all tensors (by bytes), so
+  // that 161 tensors of very different sizes still split evenly.
   std::vector<int64_t> offset(count + 1, 0);
   for (size_t i = 0; i < count; ++i) {
     const SgdTensor& t = tensors[i];
@@ -67,11 +66,13 @@ void sgd_step(const SgdTensor* tensors, size_t count, const SgdParams& params, i
     run_piece(0, total);
     return;
   }
-  const int64_t per = ((total + nt - 1) / nt + kAlign - 1) / kAlign * kAlign;
-#pragma omp parallel num_threads(nt)
-  {
-    const int64_t tid = omp_get_thread_num();
-    const int64_t lo = std::min(total, per * tid), hi = std::min(total, lo + per);
+  // A few pieces per thread, handed out dynamically: a thread that the OS parks for a while
+  // (busy machine) delays the step by one piece, not by its whole share.
+  const int64_t pieces = std::min<int64_t>(int64_t(nt) * kPiecesPerThread, std::max<int64_t>(nt, total / kMinBytesPerThread));
+  const int64_t per = ((total + pieces - 1) / pieces + kAlign - 1) / kAlign * kAlign;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t k = 0; k < pieces; ++k) {
+    const int64_t lo = std::min(total, per * k), hi = std::min(total, lo + per);
     if (hi > lo) run_piece(lo, hi);
   }
 }

@@ -2,8 +2,11 @@
 
 ``fastallreduce.optim.SGD`` is a drop-in replacement for ``torch.optim.SGD``: same constructor,
 same validation, same ``state_dict`` (so checkpoints move both ways). On CPU its float32/float64
-results are bit-identical to ``torch.optim.SGD(foreach=False)``; float16/bfloat16 match
-``torch.optim.SGD(fused=True)`` (float32 math, one rounding per stored value).
+results are bit-identical to ``torch.optim.SGD(foreach=False)`` whatever the thread count (ATen's
+SIMD kernels round ``add(x, y, alpha)`` as one fused multiply-add, its DEFAULT build as two
+operations; the kernel follows whichever ATen uses). float16/bfloat16 use float32 math and are
+within one ulp of ``torch.optim.SGD(fused=True)`` (equal except where torch's scalar tail
+contracts the momentum update differently and the float32 value sits on a rounding tie).
 
 It can also keep the learning rate inside the momentum buffer, as Goyal et al. (2017) write SGD::
 
@@ -69,6 +72,8 @@ class SGD(Optimizer):
     ``torch.optim.SGD`` and back. In the lr-in-momentum form it saves v = u / lr_old (with
     correction; the exact continuation) or u / group lr (without correction: the lr of the next
     step, as after ``scheduler.step()``), and a loaded v becomes u = v * lr at the next step.
+    (Live state keeps the lr a buffer holds under the key ``momentum_buffer_lr``; it is never
+    saved.)
     Sparse gradients raise RuntimeError. Tensors the kernels cannot take (complex dtypes,
     unusual strides, devices other than CPU and, when built with CUDA, CUDA) are updated with
     the same torch operations as ``torch.optim.SGD(foreach=False)``.
