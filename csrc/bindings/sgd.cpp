@@ -32,6 +32,13 @@ void bind(py::module& m) {
         py::arg("params"), py::arg("grads"), py::arg("bufs"), py::arg("init_buf"), py::arg("lr"), py::arg("momentum"),
         py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
         py::arg("lr_in_momentum"), py::arg("momentum_scale"), py::arg("fma"), py::arg("threads"));
+  m.def("advise_huge_pages",
+        [](const at::Tensor& t) {
+          return t.device().is_cpu() && t.numel() > 0 && advise_huge_pages(t.data_ptr(), t.nbytes());
+        },
+        "madvise(MADV_HUGEPAGE) on the whole 2 MB pages of a CPU tensor's memory; best done before it is first "
+        "written. Returns whether any range was advised.",
+        py::arg("tensor"));
 }
 
 RegisterBindings reg(&bind);

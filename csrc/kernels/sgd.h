@@ -50,6 +50,12 @@ struct SgdParams {
 // Throws std::invalid_argument for a dtype other than float32/float64/float16/bfloat16.
 void sgd_step(const SgdTensor* tensors, size_t count, const SgdParams& params, int threads = 1);
 
+// Asks the OS to back [ptr, ptr + bytes) with transparent huge pages where whole 2 MB pages fit
+// (madvise MADV_HUGEPAGE). For memory not yet touched (a new momentum buffer) it takes effect
+// at the first write: fewer TLB misses when the kernel streams through it. Returns false where
+// unsupported or refused; never an error.
+bool advise_huge_pages(void* ptr, size_t bytes);
+
 namespace detail {
 // Updates elements [begin, end) of one tensor. One implementation per instruction set;
 // sgd_cpu.cpp picks one at run time.

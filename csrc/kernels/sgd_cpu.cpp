@@ -1,6 +1,9 @@
 // Run-time choice of the SGD kernel's instruction set, and splitting one multi-tensor update
 // across threads.
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -75,6 +78,19 @@ void sgd_step(const SgdTensor* tensors, size_t count, const SgdParams& params, i
     const int64_t lo = std::min(total, per * k), hi = std::min(total, lo + per);
     if (hi > lo) run_piece(lo, hi);
   }
+}
+
+bool advise_huge_pages(void* ptr, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(ptr) + bytes) & ~(kHuge - 1);
+  return e > b && madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE) == 0;
+#else
+  (void)ptr;
+  (void)bytes;
+  return false;
+#endif
 }
 
 }  // namespace far

@@ -32,6 +32,7 @@ _HAS_CUDA = hasattr(_C, "sgd_step_cuda")
 # State key (never saved) that marks a buffer as holding u = lr * v and names the lr it holds.
 _BUF_LR = "momentum_buffer_lr"
 _fma_cache: list[bool] = []
+_HUGE_PAGE_MIN_BYTES = 4 << 20
 
 
 def _aten_uses_fma() -> bool:
@@ -40,6 +41,15 @@ def _aten_uses_fma() -> bool:
     if not _fma_cache:
         _fma_cache.append(torch.backends.cpu.get_cpu_capability() != "DEFAULT")
     return _fma_cache[0]
+
+
+def _new_buffer(p: Tensor) -> Tensor:
+    """An uninitialised momentum buffer laid out like ``p``. Large CPU buffers ask for huge pages
+    before their first write: the step streams through them, and 4 KB pages cost TLB misses."""
+    buf = torch.empty_like(p, memory_format=torch.preserve_format)
+    if buf.device.type == "cpu" and buf.nbytes >= _HUGE_PAGE_MIN_BYTES:
+        _C.advise_huge_pages(buf)
+    return buf
 
 
 def _scalar(x: float | Tensor) -> float:
@@ -186,8 +196,7 @@ class SGD(Optimizer):
             if any(init):  # first step: the kernel writes the new buffer without reading it
                 for i, b in enumerate(bufs):
                     if b is None:
-                        bufs[i] = states[i]["momentum_buffer"] = torch.empty_like(
-                            params[i], memory_format=torch.preserve_format)
+                        bufs[i] = states[i]["momentum_buffer"] = _new_buffer(params[i])
         args = (lr, momentum, float(group["dampening"]), _scalar(group["weight_decay"]), bool(group["nesterov"]),
                 bool(group["maximize"]), paper)
         if scales is None or len(set(scales)) == 1:
