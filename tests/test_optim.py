@@ -359,3 +359,27 @@ def test_cuda_matches_torch_fused(dtype, opts):
             if m:
                 torch.testing.assert_close(ours.state[q]["momentum_buffer"], ref.state[p]["momentum_buffer"],
                                            rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("correction", [True, False])
+def test_cuda_paper_form_matches_cpu_kernel(correction):
+    """The CUDA kernel's lr-in-momentum form, with and without correction, against the CPU one."""
+    gen = torch.Generator().manual_seed(8)
+    cpu_ps = [torch.randn(n, generator=gen) for n in (33, 70000, 300001)]
+    gpu_ps = [p.cuda() for p in cpu_ps]
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True, lr_in_momentum=True,
+              momentum_correction=correction)
+    cpu, gpu = SGD(cpu_ps, **kw), SGD(gpu_ps, **kw)
+    for lr in LRS:
+        for p, q in zip(cpu_ps, gpu_ps):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.cuda()
+        for o in (cpu, gpu):
+            o.param_groups[0]["lr"] = lr
+            o.step()
+    for p, q in zip(cpu_ps, gpu_ps):
+        torch.testing.assert_close(q.cpu(), p, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(gpu.state[q]["momentum_buffer"].cpu(), cpu.state[p]["momentum_buffer"],
+                                   rtol=1e-6, atol=1e-6)
