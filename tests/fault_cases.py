@@ -152,3 +152,18 @@ def two_communicators():
     a.close()
     b.close()
     return all(out)
+
+
+def subgroup_then_world():
+    """A communicator over a subgroup, then one over the world: names must agree on every rank."""
+    sub = dist.new_group([0, 2])
+    if dist.get_rank() in (0, 2):
+        a = far.Communicator(sub, timeout=timedelta(seconds=30))
+        x = torch.ones(10)
+        a.allreduce(x)
+        a.close()
+    b = far.Communicator(timeout=timedelta(seconds=30))
+    y = torch.ones(10)
+    b.allreduce(y)
+    b.close()
+    return float(y[0])

@@ -130,3 +130,7 @@ def test_shutdown_orders_never_hang(tmp_path, order):
         assert rc == 0, err[-2000:]
         assert "done" in out
     assert _shm_segments() == before
+
+
+def test_subgroup_then_world_communicators(pool):
+    assert pool(3).run(fc.subgroup_then_world, timeout=120) == [3.0, 3.0, 3.0]

@@ -76,11 +76,11 @@ void bind(py::module& m) {
   py::register_exception<ClosedError>(m, "ClosedError", base.ptr());
 
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
-      .def(py::init([](c10::intrusive_ptr<c10d::ProcessGroup> pg, c10::intrusive_ptr<c10d::Store> store,
+      .def(py::init([](c10::intrusive_ptr<c10d::Backend> pg, c10::intrusive_ptr<c10d::Store> store,
                        int64_t timeout_ms, int64_t chunk_bytes, int window, int threads, double alpha_us,
                        double beta_gbps, std::string name, int local_rank, std::vector<int> local_ranks,
                        std::vector<int> local_pids, int num_hosts, bool uniform,
-                       c10::optional<c10::intrusive_ptr<c10d::ProcessGroup>> cross, int64_t shm_slot_bytes,
+                       c10::optional<c10::intrusive_ptr<c10d::Backend>> cross, int64_t shm_slot_bytes,
                        int64_t oneshot_bytes) {
              CommConfig cfg;
              cfg.timeout_ms = timeout_ms;

@@ -56,7 +56,7 @@ DType to_dtype(at::ScalarType t) {
   }
 }
 
-Communicator::Communicator(c10::intrusive_ptr<c10d::ProcessGroup> pg,
+Communicator::Communicator(c10::intrusive_ptr<c10d::Backend> pg,
                            c10::intrusive_ptr<c10d::Store> store, CommConfig cfg, Topology topo)
     : pg_(std::move(pg)), store_(std::move(store)), cfg_(std::move(cfg)), rank_(pg_->getRank()),
       size_(pg_->getSize()), topo_(std::move(topo)) {
@@ -238,7 +238,21 @@ void Communicator::execute(Task& task) {
     if (!aborted_) {
       const char* kind = dynamic_cast<const MismatchError*>(&e) ? "mismatch"
                          : dynamic_cast<const CommTimeoutError*>(&e) ? "timeout" : "fault";
-      publish_abort(std::string(kind) + "|" + e.what());
+      const std::string mine = std::string(kind) + "|" + e.what();
+      const std::string first = publish_abort(mine);
+      // A peer that failed first may have torn its connections down already, and our own
+      // error is then only the echo of its failure: report the first failure instead.
+      if (first != mine) {
+        try {
+          throw_kind(first);
+        } catch (...) {
+          if (task.fut) {
+            task.fut->setError(std::current_exception());
+            return;
+          }
+          throw;
+        }
+      }
     }
     if (task.fut) {
       task.fut->setError(std::current_exception());
@@ -345,7 +359,7 @@ void Communicator::fail_timeout() {
   throw CommTimeoutError(os.str() + missing_ranks_report());
 }
 
-void Communicator::publish_abort(const std::string& record) {
+std::string Communicator::publish_abort(const std::string& record) {
   {
     std::lock_guard<std::mutex> lk(reason_mu_);
     if (reason_.empty()) reason_ = record.substr(record.find('|') + 1);
@@ -354,9 +368,10 @@ void Communicator::publish_abort(const std::string& record) {
   staging_.leak();
   hdr_staging_.leak();
   try {
-    store_->compareSet(kAbortKey, {}, to_bytes(record));
+    return to_str(store_->compareSet(kAbortKey, {}, to_bytes(record)));
   } catch (const std::exception&) {
     // The store is gone (rank 0 died): peers find out through their own transport errors.
+    return record;
   }
 }
 

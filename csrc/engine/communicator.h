@@ -3,7 +3,7 @@
 // thread; enforces the timeout and turns any fault into an abort seen by every rank.
 #pragma once
 #include <ATen/core/ivalue.h>
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include <atomic>
@@ -39,7 +39,7 @@ struct Topology {
   ShmPeers local;      // group ranks and pids of the ranks on this host (local rank order)
   int num_hosts = 1;
   bool uniform = true;  // same number of ranks on every host
-  c10::intrusive_ptr<c10d::ProcessGroup> cross;  // same local index on every host (may be null)
+  c10::intrusive_ptr<c10d::Backend> cross;  // same local index on every host (may be null)
 };
 
 struct Call {
@@ -52,7 +52,7 @@ struct Call {
 class Communicator {
  public:
   // `pg` carries only this communicator's traffic; `store` is private to it (a PrefixStore).
-  Communicator(c10::intrusive_ptr<c10d::ProcessGroup> pg, c10::intrusive_ptr<c10d::Store> store,
+  Communicator(c10::intrusive_ptr<c10d::Backend> pg, c10::intrusive_ptr<c10d::Store> store,
                CommConfig cfg, Topology topo);
   ~Communicator();
   Communicator(const Communicator&) = delete;
@@ -92,14 +92,15 @@ class Communicator {
   Algo choose_flat(size_t bytes) const;
   void poll();  // called from slow waits: deadline, local and remote abort
   [[noreturn]] void fail_timeout();
-  void publish_abort(const std::string& reason);
+  // Records the abort for every rank; returns the record that won (the first failure).
+  std::string publish_abort(const std::string& record);
   std::string missing_ranks_report();
   void worker_loop();
   void watchdog_loop();
   void interrupt_transports();
   void fail_pending(const std::string& why);
 
-  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  c10::intrusive_ptr<c10d::Backend> pg_;
   c10::intrusive_ptr<c10d::Store> store_;
   CommConfig cfg_;
   int rank_, size_;

@@ -12,10 +12,8 @@ at::Tensor wrap(const void* data, size_t bytes) {
 }
 }  // namespace
 
-P2P::P2P(c10::intrusive_ptr<c10d::ProcessGroup> pg, std::function<void()> poll)
-    : pg_(std::move(pg)), poll_(std::move(poll)), rank_(pg_->getRank()), size_(pg_->getSize()) {
-  backend_ = pg_->getBackend(c10::DeviceType::CPU);
-}
+P2P::P2P(c10::intrusive_ptr<c10d::Backend> backend, std::function<void()> poll)
+    : backend_(std::move(backend)), poll_(std::move(poll)), rank_(backend_->getRank()), size_(backend_->getSize()) {}
 
 Request P2P::isend(int peer, const void* data, size_t bytes) {
   std::vector<at::Tensor> t{wrap(data, bytes)};

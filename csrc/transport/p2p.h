@@ -1,7 +1,7 @@
-// Point-to-point transport over a torch.distributed ProcessGroup (Gloo for CPU tensors).
+// Point-to-point transport over a torch.distributed backend (Gloo for CPU tensors).
 // The only thing the ring and halving-doubling algorithms know about moving bytes.
 #pragma once
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -22,7 +22,7 @@ struct Request {
 class P2P {
  public:
   // `poll` is called while a wait is slow; it throws to abandon the wait (abort, deadline).
-  P2P(c10::intrusive_ptr<c10d::ProcessGroup> pg, std::function<void()> poll);
+  P2P(c10::intrusive_ptr<c10d::Backend> backend, std::function<void()> poll);
 
   int rank() const { return rank_; }
   int size() const { return size_; }
@@ -38,7 +38,6 @@ class P2P {
   void interrupt();
 
  private:
-  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
   c10::intrusive_ptr<c10d::Backend> backend_;  // called directly: no dispatcher round trip per message
   std::function<void()> poll_;
   int rank_, size_;
