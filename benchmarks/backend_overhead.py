@@ -44,11 +44,8 @@ class _PyBackend(torch._C._distributed_c10d.Backend):
 
     def __init__(self, store: dist.Store, rank: int, size: int, timeout) -> None:
         super().__init__(rank, size)
-        gloo = dist.ProcessGroupGloo(dist.PrefixStore("pyb/gloo/", store), rank, size, timeout)
-        pg = dist.ProcessGroup(dist.PrefixStore("pyb/", store), rank, size)
-        pg._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
-        pg._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, gloo)
-        self.comm = far.Communicator._from_process_group(pg, dist.PrefixStore("pyb/comm/", store), timeout=timeout)
+        self.comm = far.Communicator._from_store(dist.PrefixStore("pyb/", store), rank, size, timeout=timeout,
+                                                 uid="pyproto")
 
     def getBackendName(self) -> str:  # noqa: N802 - the C++ name the trampoline looks up
         return "fastallreduce_py"

@@ -10,6 +10,7 @@ import torch  # noqa: F401  (loads libc10 and libtorch before the extension)
 
 from ._C import ClosedError, CommError, CommTimeoutError, MismatchError  # noqa: F401
 from .communicator import ALGORITHMS, OPS, Communicator  # noqa: F401
+from . import ddp  # noqa: F401,E402
 from . import backend  # noqa: F401,E402  (registers the "fastallreduce" torch.distributed backend)
 
 __version__ = "0.1.0"

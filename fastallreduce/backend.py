@@ -20,6 +20,7 @@ the engine algorithm of every allreduce (default ``auto``: the cost model).
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 from datetime import timedelta
 
@@ -36,6 +37,10 @@ DEVICES = ["cpu"] + (["cuda"] if getattr(_C, "with_cuda", False) else [])
 
 
 
+# Names this process's engines apart (their shared-memory segments are named after it).
+_made = itertools.count()
+
+
 def _algorithm() -> str:
     name = os.environ.get("FASTALLREDUCE_BACKEND_ALGORITHM", "auto")
     if name not in ALGORITHMS:
@@ -46,22 +51,16 @@ def _algorithm() -> str:
 def create_backend(store: dist.Store, rank: int, size: int, timeout: timedelta) -> "_C.FastAllreduceBackend":
     """The creator torch.distributed calls (collectively) for each group on this backend.
 
-    ``store`` is already private to the group and device (torch prefixes it). Builds two Gloo
-    backends on it: one that runs the delegated collectives, and one that carries only the
-    engine's point-to-point traffic (our own group, so it never interleaves with delegated work).
+    ``store`` is already private to the group and device (torch prefixes it). Builds a Gloo
+    backend on it for the delegated collectives, and a Communicator (which makes its own Gloo
+    backend for its point-to-point traffic).
     """
     algorithm = _algorithm()
     delegate = dist.ProcessGroupGloo(dist.PrefixStore("fastallreduce/delegate/", store), rank, size, timeout)
-    engine_store = dist.PrefixStore("fastallreduce/engine/", store)
-    engine_gloo = dist.ProcessGroupGloo(dist.PrefixStore("gloo/", engine_store), rank, size, timeout)
-    # The engine's transport takes a ProcessGroup; wrap the Gloo backend in one (as
-    # init_process_group does) without registering it with torch.distributed.
-    gloo_type = dist.ProcessGroup.BackendType.GLOO
-    engine_pg = dist.ProcessGroup(engine_store, rank, size)
-    engine_pg._set_default_backend(gloo_type)
-    engine_pg._register_backend(torch.device("cpu"), gloo_type, engine_gloo)
-    comm = Communicator._from_process_group(engine_pg, dist.PrefixStore("comm/", engine_store),
-                                            algorithm=algorithm, timeout=timeout, name="backend")
+    # The engine makes its own Gloo backend from its own store: its traffic never interleaves
+    # with the delegated collectives.
+    comm = Communicator._from_store(dist.PrefixStore("fastallreduce/engine/", store), rank, size,
+                                    algorithm=algorithm, timeout=timeout, uid=f"backend{next(_made)}")
     # The backend owns the engine from here on (destroy_process_group shuts it down).
     return _C.FastAllreduceBackend(comm._c, delegate, rank, size, int(timeout.total_seconds() * 1000),
                                    _ALGO_CODE[algorithm])

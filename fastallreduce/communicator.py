@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 import os
@@ -38,11 +39,14 @@ _DEFAULTS = {
     "FASTALLREDUCE_BETA_GBPS": 1.0,
     "FASTALLREDUCE_CHUNK_BYTES": 512 * 1024,
     "FASTALLREDUCE_WINDOW": 4,
+    "FASTALLREDUCE_SHM_SLOT_BYTES": 4 << 20,
+    "FASTALLREDUCE_SHM_ONESHOT_BYTES": 32 * 1024,
 }
 _DEFAULT_TIMEOUT = timedelta(minutes=30)  # torch.distributed's default for gloo
 
 _live: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
 _live_lock = threading.Lock()
+_made: dict = {}  # communicators made by this process, per exact rank list
 
 
 def _env_config() -> dict:
@@ -122,64 +126,86 @@ class Communicator:
             except Exception:  # noqa: BLE001 - older/newer torch: keep torch's documented default
                 pass
         self.group = user_group
-        # Our own group: collective over the members only.
-        pg = dist.new_group(ranks, backend="gloo", timeout=timeout, use_local_synchronization=True)
-        info = self._local_info(host_id)
-        infos: list = [None] * len(ranks)
-        dist.all_gather_object(infos, info, group=pg)
-        store = dist.PrefixStore(f"fastallreduce/{pg.group_name}/", dist.distributed_c10d._get_default_store())
-        self._start(pg, store, dist.get_rank(pg), infos, algorithm, timeout, chunk_bytes, pg.group_name)
+        # Our own gloo backend over the same ranks, made directly rather than with dist.new_group:
+        # new_group names groups from a per-process counter, which diverges across ranks as soon as
+        # some subset creates a group, and then later groups deadlock. The name here depends only on
+        # the ranks and on how many communicators this process made over exactly these ranks,
+        # which agree on every member because construction is collective.
+        key = "_".join(map(str, ranks))
+        with _live_lock:
+            _made[key] = _made.get(key, 0) + 1
+            uid = f"{hashlib.sha1(key.encode()).hexdigest()[:12]}-{_made[key]}"
+        store = dist.PrefixStore(f"fastallreduce/{uid}/", dist.distributed_c10d._get_default_store())
+        self._start(store, ranks.index(dist.get_rank()), len(ranks), algorithm, timeout, chunk_bytes, host_id, uid,
+                    global_ranks=ranks)
 
     @classmethod
-    def _from_process_group(cls, pg: dist.ProcessGroup, store: dist.Store, *, algorithm: str = "auto",
-                            timeout: timedelta = _DEFAULT_TIMEOUT, chunk_bytes: Optional[int] = None,
-                            host_id: Optional[str] = None, name: str = "fastallreduce") -> "Communicator":
-        """A Communicator over an existing ProcessGroup that carries only its traffic.
+    def _from_store(cls, store: dist.Store, rank: int, size: int, *, algorithm: str = "auto",
+                    timeout: timedelta = _DEFAULT_TIMEOUT, uid: str = "backend") -> "Communicator":
+        """A Communicator over ``size`` ranks that rendezvous through ``store`` (private to it).
 
-        For the torch.distributed backend, which runs inside ``init_process_group`` (no default
-        group yet, so no ``dist.new_group``): host information is exchanged through ``store``
-        (private to this communicator). Collective over the members of ``pg``.
+        For the torch.distributed backend, which runs inside ``init_process_group`` where there is
+        no default group yet. Collective over the ``size`` members.
         """
         if algorithm not in _ALGO_CODE:
             raise ValueError(f"fastallreduce: unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
         self = cls.__new__(cls)
-        self.group = pg
-        rank, size = pg.rank(), pg.size()
-        store.set(f"info/{rank}", json.dumps(self._local_info(host_id)))
-        infos = [json.loads(store.get(f"info/{r}")) for r in range(size)]
-        self._start(pg, store, rank, infos, algorithm, timeout, chunk_bytes, name)
+        self.group = None
+        self._start(store, rank, size, algorithm, timeout, None, None, uid)
         return self
 
-    @staticmethod
-    def _local_info(host_id: Optional[str]) -> dict:
-        return {"host": host_id or os.environ.get("FASTALLREDUCE_HOST_ID") or host_identity(),
-                "pid": os.getpid(), "cfg": _env_config()}
-
-    def _start(self, pg: dist.ProcessGroup, store: dist.Store, rank: int, infos: list, algorithm: str,
-               timeout: timedelta, chunk_bytes: Optional[int], name: str) -> None:
-        """Starts the engine on ``pg`` once every member's host info and config are known."""
+    def _start(self, store: dist.Store, rank: int, size: int, algorithm: str, timeout: timedelta,
+               chunk_bytes: Optional[int], host_id: Optional[str], uid: str,
+               global_ranks: Optional[list] = None) -> None:
+        """Exchanges host identities through ``store`` (private to this communicator) and starts
+        the engine. Collective over the ``size`` members."""
         self._pid = os.getpid()
         self.algorithm = algorithm
         self.timeout = timeout
-        self._pg = pg
+        self.uid = uid
+        info = {"host": host_id or os.environ.get("FASTALLREDUCE_HOST_ID") or host_identity(),
+                "pid": os.getpid(), "cfg": _env_config()}
+        store.set(f"info/{rank}", json.dumps(info))
+        store.wait([f"info/{r}" for r in range(size)], timeout)
+        infos = [json.loads(store.get(f"info/{r}")) for r in range(size)]
         # Every rank uses rank 0's configuration, so that algorithm choices agree everywhere.
         cfg = infos[0]["cfg"]
         if chunk_bytes is not None:
             cfg["FASTALLREDUCE_CHUNK_BYTES"] = chunk_bytes
-        self.rank = rank
-        self.size = len(infos)
+        self.rank, self.size = rank, size
         hosts: list[str] = []
         for i in infos:
             if i["host"] not in hosts:
                 hosts.append(i["host"])
         self.host_of_rank = [hosts.index(i["host"]) for i in infos]
-        self.local_ranks = [r for r in range(self.size) if self.host_of_rank[r] == self.host_of_rank[self.rank]]
+        self.local_ranks = [r for r in range(size) if self.host_of_rank[r] == self.host_of_rank[rank]]
         self.num_hosts = len(hosts)
+        sizes = [self.host_of_rank.count(h) for h in range(self.num_hosts)]
+        self.uniform_hosts = len(set(sizes)) == 1
         threads = max(1, (os.cpu_count() or 1) // len(self.local_ranks))
-        self._c = _C.Communicator(pg, store, int(timeout.total_seconds() * 1000),
+        # Gloo closes every connection when one of its own waits times out; give it more time than
+        # ours so that the communicator's deadline (which reports the missing ranks) fires first.
+        transport_timeout = timeout * 2 + timedelta(seconds=30)
+        self._backend = dist.ProcessGroupGloo(dist.PrefixStore("p2p/", store), rank, size, timeout=transport_timeout)
+        # Cross-host backend of the ranks with my local index (one per index, all used at once by
+        # the hierarchical algorithm); only its members make it.
+        self._cross = None
+        local_index = self.local_ranks.index(rank)
+        if self.num_hosts > 1 and self.uniform_hosts and len(self.local_ranks) > 1:
+            host = self.host_of_rank[rank]
+            self._cross = dist.ProcessGroupGloo(dist.PrefixStore(f"cross/{local_index}/", store), host,
+                                                self.num_hosts, timeout=transport_timeout)
+        self._c = _C.Communicator(self._backend, store, int(timeout.total_seconds() * 1000),
                                   int(cfg["FASTALLREDUCE_CHUNK_BYTES"]), int(cfg["FASTALLREDUCE_WINDOW"]),
                                   threads, float(cfg["FASTALLREDUCE_ALPHA_US"]),
-                                  float(cfg["FASTALLREDUCE_BETA_GBPS"]), name)
+                                  float(cfg["FASTALLREDUCE_BETA_GBPS"]), uid,
+                                  local_index, self.local_ranks, [infos[r]["pid"] for r in self.local_ranks],
+                                  self.num_hosts, self.uniform_hosts, self._cross,
+                                  int(cfg["FASTALLREDUCE_SHM_SLOT_BYTES"]), int(cfg["FASTALLREDUCE_SHM_ONESHOT_BYTES"]))
+        if algorithm != "auto" and not self._c.supports(_ALGO_CODE[algorithm]):
+            self._c.close()
+            raise ValueError(f"fastallreduce: algorithm={algorithm!r} cannot run on this topology "
+                             f"({self.num_hosts} hosts); 'shm' needs every rank on one host")
         self._algo = _ALGO_CODE[algorithm]
         self.config = cfg
         with _live_lock:

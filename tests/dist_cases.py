@@ -1,5 +1,6 @@
 """Functions that run on the ranks of a RankPool (importable by the spawned processes)."""
 import hashlib
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -9,9 +10,14 @@ import fastallreduce as far
 _comms: dict = {}
 
 
-def comm(algorithm="auto", **kw):
-    """One communicator per (algorithm, options) per process, reused across test cases."""
-    key = (algorithm, tuple(sorted(kw.items())))
+def comm(algorithm="auto", hosts=None, **kw):
+    """One communicator per (algorithm, simulated hosts, options) per process, reused across test cases.
+
+    Every rank must pass the same arguments (the cache key must agree across ranks).
+    """
+    key = (algorithm, tuple(hosts or ()), tuple(sorted(kw.items())))
+    if hosts:
+        kw["host_id"] = hosts[dist.get_rank()]
     c = _comms.get(key)
     if c is None or c.aborted:
         c = _comms[key] = far.Communicator(algorithm=algorithm, **kw)
@@ -25,6 +31,9 @@ def make_input(rank, n, dtype, seed, kind="int"):
     if kind == "int" or not dtype.is_floating_point:
         lo, hi = (-3, 4) if dtype != torch.uint8 else (0, 4)
         return torch.randint(lo, hi, (n,), generator=g).to(dtype)
+    if kind == "pm2":  # products stay exact in every dtype: factors in {-2, -1, 1, 2}
+        v = torch.tensor([-2, -1, 1, 2])[torch.randint(0, 4, (n,), generator=g)]
+        return v.to(dtype)
     return torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
 
 
@@ -48,18 +57,26 @@ def reference(x, op):
     return y
 
 
-def check_allreduce(algorithm, n, dtype_name, op, seed=0, out_of_place=False, kind="int"):
-    """Runs one allreduce; returns (max abs error vs reference, result bytes hash, algorithm used)."""
+def check_allreduce(algorithm, n, dtype_name, op, seed=0, out_of_place=False, kind="int", hosts=None,
+                    async_op=False):
+    """Runs one allreduce; returns (max abs error vs reference, result bytes hash, algorithm used).
+
+    hosts: per-rank host labels to simulate several hosts on this machine.
+    """
     dtype = getattr(torch, dtype_name)
     x = make_input(dist.get_rank(), n, dtype, seed, kind)
     ref = reference(x, op)
-    c = comm(algorithm)
+    c = comm(algorithm, hosts, timeout=timedelta(seconds=60))
     if out_of_place:
         keep = x.clone()
         out = torch.empty_like(x)
         res = c.allreduce(x, op=op, out=out)
         assert res is out
         assert torch.equal(x, keep), "out-of-place allreduce modified its input"
+    elif async_op:
+        fut = c.allreduce(x, op=op, async_op=True)
+        res = fut.wait()
+        assert res.data_ptr() == x.data_ptr()
     else:
         res = c.allreduce(x, op=op)
         assert res is x
@@ -73,3 +90,24 @@ def check_allreduce(algorithm, n, dtype_name, op, seed=0, out_of_place=False, ki
         err = float((res.long() - ref.long()).abs().max()) if n else 0.0
     digest = hashlib.sha1(res.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest() if n else ""
     return err, digest, c.last_algorithm
+
+
+DTYPES = ["float32", "float64", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "bool"]
+OPS = ["sum", "avg", "product", "max", "min"]
+
+
+def valid(dtype_name, op):
+    if dtype_name == "bool":
+        return op in ("max", "min")
+    if op == "avg":
+        return dtype_name.startswith(("float", "bfloat"))
+    return True
+
+
+def run_cases(cases, hosts=None):
+    """Runs many (algorithm, n, dtype, op, seed, out_of_place, kind, async) cases on one rank."""
+    out = []
+    for algorithm, n, dtype_name, op, seed, oop, kind, async_op in cases:
+        out.append(check_allreduce(algorithm, n, dtype_name, op, seed=seed, out_of_place=oop, kind=kind,
+                                   hosts=hosts, async_op=async_op))
+    return out

@@ -16,6 +16,7 @@ const char* algo_name(Algo a);
 // One in-place allreduce of `count` elements at `buf`.
 struct Job {
   void* buf = nullptr;
+  const void* src = nullptr;  // shared-memory paths copy in from here (null: from buf)
   size_t count = 0;
   DType dtype = DType::kFloat32;
   RedOp op = RedOp::kSum;

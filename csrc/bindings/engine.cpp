@@ -55,9 +55,12 @@ void validate(const at::Tensor& t, const c10::optional<at::Tensor>& out, int op)
   }
 }
 
-Call make_call(const at::Tensor& t, const c10::optional<at::Tensor>& out, int op, int algo) {
+Call make_call(const Communicator& comm, const at::Tensor& t, const c10::optional<at::Tensor>& out, int op, int algo) {
   validate(t, out, op);
   if (algo < 0 || algo > 4) throw py::value_error("fastallreduce: unknown algorithm code " + std::to_string(algo));
+  if (!comm.supports(static_cast<Algo>(algo)))
+    throw py::value_error(std::string("fastallreduce: algorithm=") + algo_name(static_cast<Algo>(algo)) +
+                          " cannot run on this topology (shm needs every rank on one host)");
   Call c;
   c.input = t;
   c.output = out ? *out : t;
@@ -73,9 +76,12 @@ void bind(py::module& m) {
   py::register_exception<ClosedError>(m, "ClosedError", base.ptr());
 
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
-      .def(py::init([](c10::intrusive_ptr<c10d::ProcessGroup> pg, c10::intrusive_ptr<c10d::Store> store,
+      .def(py::init([](c10::intrusive_ptr<c10d::Backend> pg, c10::intrusive_ptr<c10d::Store> store,
                        int64_t timeout_ms, int64_t chunk_bytes, int window, int threads, double alpha_us,
-                       double beta_gbps, std::string name) {
+                       double beta_gbps, std::string name, int local_rank, std::vector<int> local_ranks,
+                       std::vector<int> local_pids, int num_hosts, bool uniform,
+                       c10::optional<c10::intrusive_ptr<c10d::Backend>> cross, int64_t shm_slot_bytes,
+                       int64_t oneshot_bytes) {
              CommConfig cfg;
              cfg.timeout_ms = timeout_ms;
              cfg.algo.chunk_bytes = static_cast<size_t>(chunk_bytes);
@@ -84,13 +90,26 @@ void bind(py::module& m) {
              cfg.cost.alpha_us = alpha_us;
              cfg.cost.beta_gbps = beta_gbps;
              cfg.name = std::move(name);
-             return std::make_shared<Communicator>(std::move(pg), std::move(store), std::move(cfg));
+             cfg.shm_slot_bytes = static_cast<size_t>(shm_slot_bytes);
+             cfg.shm.oneshot_bytes = static_cast<size_t>(oneshot_bytes);
+             Topology topo;
+             topo.local_rank = local_rank;
+             topo.local.group_ranks = std::move(local_ranks);
+             topo.local.pids = std::move(local_pids);
+             topo.num_hosts = num_hosts;
+             topo.uniform = uniform;
+             if (cross) topo.cross = *cross;
+             py::gil_scoped_release nogil;
+             return std::make_shared<Communicator>(std::move(pg), std::move(store), std::move(cfg), std::move(topo));
            }),
            py::arg("pg"), py::arg("store"), py::arg("timeout_ms"), py::arg("chunk_bytes"), py::arg("window"),
-           py::arg("threads"), py::arg("alpha_us"), py::arg("beta_gbps"), py::arg("name"))
+           py::arg("threads"), py::arg("alpha_us"), py::arg("beta_gbps"), py::arg("name"), py::arg("local_rank"),
+           py::arg("local_ranks"), py::arg("local_pids"), py::arg("num_hosts"), py::arg("uniform"), py::arg("cross"),
+           py::arg("shm_slot_bytes"), py::arg("oneshot_bytes"))
+      .def("supports", [](const Communicator& c, int algo) { return c.supports(static_cast<Algo>(algo)); })
       .def("allreduce",
            [](Communicator& c, const at::Tensor& t, const c10::optional<at::Tensor>& out, int op, int algo) {
-             Call call = make_call(t, out, op, algo);
+             Call call = make_call(c, t, out, op, algo);
              at::Tensor result = call.output;
              {
                py::gil_scoped_release nogil;
@@ -100,7 +119,7 @@ void bind(py::module& m) {
            })
       .def("allreduce_async",
            [](Communicator& c, const at::Tensor& t, const c10::optional<at::Tensor>& out, int op, int algo) {
-             Call call = make_call(t, out, op, algo);
+             Call call = make_call(c, t, out, op, algo);
              return std::make_shared<torch::jit::PythonFutureWrapper>(c.run_async(std::move(call)));
            })
       .def("choose", [](const Communicator& c, size_t bytes) { return std::string(algo_name(c.choose(bytes))); })

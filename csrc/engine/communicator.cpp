@@ -2,11 +2,13 @@
 
 #include <ATen/record_function.h>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
 
+#include "algorithms/hierarchical.h"
 #include "engine/errors.h"
 
 namespace far {
@@ -54,25 +56,75 @@ DType to_dtype(at::ScalarType t) {
   }
 }
 
-Communicator::Communicator(c10::intrusive_ptr<c10d::ProcessGroup> pg,
-                           c10::intrusive_ptr<c10d::Store> store, CommConfig cfg)
+Communicator::Communicator(c10::intrusive_ptr<c10d::Backend> pg,
+                           c10::intrusive_ptr<c10d::Store> store, CommConfig cfg, Topology topo)
     : pg_(std::move(pg)), store_(std::move(store)), cfg_(std::move(cfg)), rank_(pg_->getRank()),
-      size_(pg_->getSize()) {
+      size_(pg_->getSize()), topo_(std::move(topo)) {
   p2p_ = std::make_unique<P2P>(pg_, [this] { poll(); });
+  if (topo_.cross) cross_ = std::make_unique<P2P>(topo_.cross, [this] { poll(); });
+  if (topo_.local.pids.size() > 1) {
+    // Segment names carry the group name; '/' is not allowed inside a POSIX shm name.
+    std::string tag = cfg_.name;
+    for (auto& ch : tag)
+      if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+    shm_ = std::make_unique<ShmGroup>(topo_.local_rank, topo_.local, store_, tag.substr(0, 40), cfg_.shm_slot_bytes,
+                                      std::chrono::milliseconds(cfg_.timeout_ms));
+  }
   worker_ = std::thread([this] { worker_loop(); });
+  watchdog_ = std::thread([this] { watchdog_loop(); });
 }
 
 Communicator::~Communicator() {
+  bool pending;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (busy_ || !queue_.empty()) {
-      // Destroyed with work outstanding: abandon it rather than block teardown.
-      aborted_ = true;
+    pending = busy_ || !queue_.empty();
+  }
+  if (pending) {
+    // Destroyed with work outstanding: abandon it rather than block teardown.
+    {
       std::lock_guard<std::mutex> rl(reason_mu_);
       if (reason_.empty()) reason_ = "communicator destroyed while collectives were pending";
     }
+    aborted_ = true;
+    interrupt_transports();
   }
   close();
+}
+
+void Communicator::interrupt_transports() {
+  p2p_->interrupt();
+  if (cross_) cross_->interrupt();
+}
+
+void Communicator::watchdog_loop() {
+  auto next_store_poll = Clock::now();
+  std::unique_lock<std::mutex> lk(wd_mu_);
+  while (!wd_stop_) {
+    wd_cv_.wait_for(lk, std::chrono::milliseconds(20));
+    if (wd_stop_) break;
+    if (!in_op_ || fired_ || aborted_) continue;
+    const auto now = Clock::now();
+    if (now.time_since_epoch().count() >= deadline_ns_.load()) {
+      fired_ = 1;
+      interrupt_transports();
+      continue;
+    }
+    if (now < next_store_poll) continue;
+    next_store_poll = now + kStorePoll;
+    try {
+      if (store_->check({kAbortKey})) {
+        fired_record_ = to_str(store_->get(kAbortKey));
+        fired_ = 2;
+        interrupt_transports();
+      }
+    } catch (const std::exception& e) {
+      fired_record_ = std::string("fault|fastallreduce: rank ") + std::to_string(rank_) +
+                      " lost the store (is rank 0 dead?): " + e.what();
+      fired_ = 3;
+      interrupt_transports();
+    }
+  }
 }
 
 std::string Communicator::abort_reason() const {
@@ -80,7 +132,21 @@ std::string Communicator::abort_reason() const {
   return reason_;
 }
 
+bool Communicator::supports(Algo a) const {
+  switch (a) {
+    case Algo::kShm: return size_ == 1 || (shm_ && topo_.num_hosts == 1);
+    case Algo::kHierarchical: return true;  // runs flat where it cannot run hierarchically
+    default: return true;
+  }
+}
+
 Algo Communicator::choose(size_t bytes) const {
+  if (shm_ && topo_.num_hosts == 1) return Algo::kShm;
+  if (shm_ && topo_.uniform && cross_) return Algo::kHierarchical;
+  return choose_flat(bytes);
+}
+
+Algo Communicator::choose_flat(size_t bytes) const {
   return cfg_.cost.hd_us(bytes, size_) <= cfg_.cost.ring_us(bytes, size_) ? Algo::kHalvingDoubling
                                                                            : Algo::kRing;
 }
@@ -106,7 +172,7 @@ void Communicator::run(Call call) {
     t = Task{};
     lk.lock();
     busy_ = false;
-    cv_.notify_all();
+    if (!queue_.empty()) cv_.notify_all();
     return;
   }
   auto fut = c10::make_intrusive<c10::ivalue::Future>(c10::TensorType::get());
@@ -165,9 +231,12 @@ void Communicator::execute(Task& task) {
     h.algo = static_cast<uint8_t>(c.algo);
     cur_ = h;
     deadline_ = Clock::now() + std::chrono::milliseconds(cfg_.timeout_ms);
-    next_store_poll_ = Clock::now() + kStorePoll;
-    if (!c.output.is_same(c.input) && c.input.numel() > 0)
-      std::memcpy(c.output.data_ptr(), c.input.data_ptr(), c.input.nbytes());
+    deadline_ns_ = deadline_.time_since_epoch().count();
+    in_op_ = true;
+    struct Clear {
+      std::atomic<bool>& f;
+      ~Clear() { f = false; }
+    } clear{in_op_};
     run_algorithm(c, h);
     completed_.fetch_add(1);
     if (task.fut) task.fut->markCompleted(c10::IValue(c.output));
@@ -175,7 +244,21 @@ void Communicator::execute(Task& task) {
     if (!aborted_) {
       const char* kind = dynamic_cast<const MismatchError*>(&e) ? "mismatch"
                          : dynamic_cast<const CommTimeoutError*>(&e) ? "timeout" : "fault";
-      publish_abort(std::string(kind) + "|" + e.what());
+      const std::string mine = std::string(kind) + "|" + e.what();
+      const std::string first = publish_abort(mine);
+      // A peer that failed first may have torn its connections down already, and our own
+      // error is then only the echo of its failure: report the first failure instead.
+      if (first != mine) {
+        try {
+          throw_kind(first);
+        } catch (...) {
+          if (task.fut) {
+            task.fut->setError(std::current_exception());
+            return;
+          }
+          throw;
+        }
+      }
     }
     if (task.fut) {
       task.fut->setError(std::current_exception());
@@ -193,6 +276,13 @@ void Communicator::execute(Task& task) {
 
 void Communicator::run_algorithm(const Call& c, const Header& h) {
   Algo algo = c.algo == Algo::kAuto ? choose(c.output.nbytes()) : c.algo;
+  // Hierarchical on hosts of different sizes (or with one rank per host) runs flat.
+  if (algo == Algo::kHierarchical && !(shm_ && topo_.uniform && cross_)) algo = choose_flat(c.output.nbytes());
+  if (algo == Algo::kShm && !supports(Algo::kShm))
+    throw std::invalid_argument("fastallreduce: algorithm=shm needs every rank on one host");
+  const bool shm_path = (algo == Algo::kShm || algo == Algo::kHierarchical) && size_ > 1;
+  if (!shm_path && !c.output.is_same(c.input) && c.input.numel() > 0)
+    std::memcpy(c.output.data_ptr(), c.input.data_ptr(), c.input.nbytes());
   last_algo_.store(static_cast<int>(algo));
   Header wire = h;
   wire.algo = static_cast<uint8_t>(algo);
@@ -200,13 +290,27 @@ void Communicator::run_algorithm(const Call& c, const Header& h) {
   if (debug_log())
     std::fprintf(stderr, "[fastallreduce %s rank %d] %s\n", cfg_.name.c_str(), rank_, wire.describe().c_str());
   if (size_ == 1) return;
-  check_header(wire);
   Job job;
+  job.src = c.input.data_ptr();
   job.buf = c.output.data_ptr();
   job.count = static_cast<size_t>(c.output.numel());
   job.op = c.op;
   job.divisor = size_;
   job.dtype = to_dtype(c.output.scalar_type());
+  if (shm_path) {
+    ShmOptions so = cfg_.shm;
+    so.threads = cfg_.algo.threads;
+    std::function<void()> poll_fn = [this] { poll(); };
+    ShmContext ctx{*shm_, wire, deadline_, poll_fn};
+    if (algo == Algo::kShm) {
+      shm_allreduce(ctx, job, so);
+    } else {
+      if (cross_->size() > 1) check_header(*cross_, wire);
+      hierarchical_allreduce(ctx, *cross_, job, so, cfg_.algo, cfg_.cost, staging_);
+    }
+    return;
+  }
+  check_header(*p2p_, wire);
   switch (algo) {
     case Algo::kRing: ring_allreduce(*p2p_, job, cfg_.algo, staging_); break;
     case Algo::kHalvingDoubling: halving_doubling_allreduce(*p2p_, job, cfg_.algo, staging_); break;
@@ -214,15 +318,18 @@ void Communicator::run_algorithm(const Call& c, const Header& h) {
   }
 }
 
-void Communicator::check_header(const Header& mine) {
+void Communicator::check_header(P2P& t, const Header& mine) {
   // Every rank compares with its left neighbour before any data moves: if any two ranks
   // differ, some neighbour pair differs, and the rank that sees it aborts without sending
   // data, so no rank can complete the collective with wrong data.
   char* in = hdr_staging_.get(0, sizeof(Header));
-  Request s = p2p_->isend((rank_ + 1) % size_, &mine, sizeof(Header));
-  Request r = p2p_->irecv((rank_ - 1 + size_) % size_, in, sizeof(Header));
-  p2p_->wait(r);
-  p2p_->wait(s);
+  const int p = t.size(), me = t.rank();
+  Request r = t.irecv((me - 1 + p) % p, in, sizeof(Header));
+  Request s = t.isend((me + 1) % p, &mine, sizeof(Header));
+  t.wait(r);
+  auto T1 = Clock::now();
+  t.wait(s);
+  auto T2 = Clock::now();
   Header theirs;
   std::memcpy(&theirs, in, sizeof(Header));
   if (!mine.same_call(theirs)) {
@@ -235,33 +342,19 @@ void Communicator::check_header(const Header& mine) {
 }
 
 void Communicator::poll() {
-  if (aborted_) throw ClosedError("fastallreduce: communicator was aborted: " + abort_reason());
-  const auto now = Clock::now();
-  if (now >= next_store_poll_) {
-    next_store_poll_ = now + kStorePoll;
-    bool remote = false;
-    std::string record;
-    try {
-      if (store_->check({kAbortKey})) {
-        remote = true;
-        record = to_str(store_->get(kAbortKey));
-      }
-    } catch (const std::exception& e) {
-      remote = true;
-      record = std::string("fault|fastallreduce: rank ") + std::to_string(rank_) +
-               " lost the store during " + cur_.describe() + " (is rank 0 dead?): " + e.what();
+  const int fired = fired_.load();
+  if (fired == 1) fail_timeout();
+  if (fired >= 2) {
+    {
+      std::lock_guard<std::mutex> lk(reason_mu_);
+      if (reason_.empty()) reason_ = fired_record_.substr(fired_record_.find('|') + 1);
     }
-    if (remote) {
-      {
-        std::lock_guard<std::mutex> lk(reason_mu_);
-        if (reason_.empty()) reason_ = record.substr(record.find('|') + 1);
-      }
-      aborted_ = true;
-      const std::string report = missing_ranks_report();
-      throw_kind(record + report);
-    }
+    aborted_ = true;
+    const std::string report = fired == 2 ? missing_ranks_report() : "";
+    throw_kind(fired_record_ + report);
   }
-  if (now >= deadline_) fail_timeout();
+  if (aborted_) throw ClosedError("fastallreduce: communicator was aborted: " + abort_reason());
+  if (Clock::now() >= deadline_) fail_timeout();
 }
 
 void Communicator::fail_timeout() {
@@ -272,7 +365,7 @@ void Communicator::fail_timeout() {
   throw CommTimeoutError(os.str() + missing_ranks_report());
 }
 
-void Communicator::publish_abort(const std::string& record) {
+std::string Communicator::publish_abort(const std::string& record) {
   {
     std::lock_guard<std::mutex> lk(reason_mu_);
     if (reason_.empty()) reason_ = record.substr(record.find('|') + 1);
@@ -281,9 +374,10 @@ void Communicator::publish_abort(const std::string& record) {
   staging_.leak();
   hdr_staging_.leak();
   try {
-    store_->compareSet(kAbortKey, {}, to_bytes(record));
+    return to_str(store_->compareSet(kAbortKey, {}, to_bytes(record)));
   } catch (const std::exception&) {
     // The store is gone (rank 0 died): peers find out through their own transport errors.
+    return record;
   }
 }
 
@@ -319,6 +413,7 @@ std::string Communicator::missing_ranks_report() {
 
 void Communicator::abort(const std::string& reason) {
   publish_abort("fault|fastallreduce: rank " + std::to_string(rank_) + " aborted: " + reason);
+  interrupt_transports();
 }
 
 void Communicator::close() {
@@ -334,6 +429,12 @@ void Communicator::close() {
     else
       worker_.join();
   }
+  {
+    std::lock_guard<std::mutex> lk(wd_mu_);
+    wd_stop_ = true;
+    wd_cv_.notify_all();
+  }
+  if (watchdog_.joinable()) watchdog_.join();
 }
 
 }  // namespace far

@@ -3,7 +3,7 @@
 // thread; enforces the timeout and turns any fault into an abort seen by every rank.
 #pragma once
 #include <ATen/core/ivalue.h>
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include <atomic>
@@ -15,6 +15,8 @@
 #include <thread>
 
 #include "algorithms/algorithm.h"
+#include "algorithms/shm_allreduce.h"
+#include "transport/shm.h"
 #include "engine/header.h"
 
 namespace far {
@@ -26,7 +28,18 @@ struct CommConfig {
   int64_t timeout_ms = 30 * 60 * 1000;
   AlgoOptions algo;
   CostModel cost;
+  ShmOptions shm;
+  size_t shm_slot_bytes = 4 << 20;
   std::string name = "fastallreduce";
+};
+
+// Which ranks share this host, learned by the Python layer from exchanged host identities.
+struct Topology {
+  int local_rank = 0;
+  ShmPeers local;      // group ranks and pids of the ranks on this host (local rank order)
+  int num_hosts = 1;
+  bool uniform = true;  // same number of ranks on every host
+  c10::intrusive_ptr<c10d::Backend> cross;  // same local index on every host (may be null)
 };
 
 struct Call {
@@ -39,8 +52,8 @@ struct Call {
 class Communicator {
  public:
   // `pg` carries only this communicator's traffic; `store` is private to it (a PrefixStore).
-  Communicator(c10::intrusive_ptr<c10d::ProcessGroup> pg, c10::intrusive_ptr<c10d::Store> store,
-               CommConfig cfg);
+  Communicator(c10::intrusive_ptr<c10d::Backend> pg, c10::intrusive_ptr<c10d::Store> store,
+               CommConfig cfg, Topology topo);
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
@@ -55,6 +68,8 @@ class Communicator {
 
   // The algorithm `auto` resolves to for this many bytes (identical on every rank).
   Algo choose(size_t bytes) const;
+  // Whether an explicitly requested algorithm can run on this topology.
+  bool supports(Algo a) const;
   Algo last_algorithm() const { return static_cast<Algo>(last_algo_.load()); }
   uint64_t ops_completed() const { return completed_.load(); }
 
@@ -73,24 +88,41 @@ class Communicator {
   };
   void execute(Task& task);
   void run_algorithm(const Call& call, const Header& h);
-  void check_header(const Header& mine);
+  void check_header(P2P& t, const Header& mine);
+  Algo choose_flat(size_t bytes) const;
   void poll();  // called from slow waits: deadline, local and remote abort
   [[noreturn]] void fail_timeout();
-  void publish_abort(const std::string& reason);
+  // Records the abort for every rank; returns the record that won (the first failure).
+  std::string publish_abort(const std::string& record);
   std::string missing_ranks_report();
   void worker_loop();
+  void watchdog_loop();
+  void interrupt_transports();
   void fail_pending(const std::string& why);
 
-  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  c10::intrusive_ptr<c10d::Backend> pg_;
   c10::intrusive_ptr<c10d::Store> store_;
   CommConfig cfg_;
   int rank_, size_;
-  std::unique_ptr<P2P> p2p_;
+  std::unique_ptr<P2P> p2p_, cross_;
+  std::unique_ptr<ShmGroup> shm_;
+  Topology topo_;
   Staging staging_, hdr_staging_;
 
   // Op in progress (only one runs at a time).
   Header cur_;
-  std::chrono::steady_clock::time_point deadline_, next_store_poll_;
+  std::chrono::steady_clock::time_point deadline_;
+  std::atomic<int64_t> deadline_ns_{0};
+  std::atomic<bool> in_op_{false};
+
+  // Watchdog: while an op runs it polls the store for a peer's abort and watches the deadline;
+  // when either fires it records why and interrupts the blocked transport wait.
+  std::thread watchdog_;
+  std::mutex wd_mu_;
+  std::condition_variable wd_cv_;
+  bool wd_stop_ = false;
+  std::atomic<int> fired_{0};  // 0 no, 1 deadline, 2 peer abort in store, 3 store lost
+  std::string fired_record_;   // written before fired_ is set
 
   std::mutex mu_;
   std::condition_variable cv_;

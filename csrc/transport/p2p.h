@@ -1,15 +1,13 @@
-// Point-to-point transport over a torch.distributed ProcessGroup (Gloo for CPU tensors).
+// Point-to-point transport over a torch.distributed backend (Gloo for CPU tensors).
 // The only thing the ring and halving-doubling algorithms know about moving bytes.
 #pragma once
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
 
+#include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <exception>
-#include <functional>
 #include <mutex>
+#include <functional>
 #include <string>
-#include <thread>
 
 namespace far {
 
@@ -24,9 +22,7 @@ struct Request {
 class P2P {
  public:
   // `poll` is called while a wait is slow; it throws to abandon the wait (abort, deadline).
-  // `poll` runs on a watcher thread while a wait is in progress; what it throws aborts the wait.
-  P2P(c10::intrusive_ptr<c10d::ProcessGroup> pg, std::function<void()> poll);
-  ~P2P();
+  P2P(c10::intrusive_ptr<c10d::Backend> backend, std::function<void()> poll);
 
   int rank() const { return rank_; }
   int size() const { return size_; }
@@ -34,25 +30,20 @@ class P2P {
   Request isend(int peer, const void* data, size_t bytes);
   Request irecv(int peer, void* data, size_t bytes);
   // Blocks until done. Throws CommError naming the peer when the transport fails, or whatever
-  // `poll` throws.
+  // `poll` throws once the wait was interrupted.
   void wait(Request& req);
+  // From another thread (the engine's watchdog): wake the blocked wait, for good. Gloo closes
+  // every connection when a wait times out, so waits are never given a timeout of their own;
+  // deadlines and aborts arrive through here instead.
+  void interrupt();
 
  private:
-  void watch_loop();
-
-  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  c10::intrusive_ptr<c10d::Backend> backend_;  // called directly: no dispatcher round trip per message
   std::function<void()> poll_;
   int rank_, size_;
-
-  // Gloo closes every pair of its context when a timed wait expires, so waits are untimed and a
-  // watcher thread polls (abort, deadline) and aborts the pending operation instead.
-  std::mutex wmu_;
-  std::mutex poll_mu_;  // poll_ runs on one thread at a time
-  std::condition_variable wcv_;
-  c10::intrusive_ptr<c10d::Work> watched_;
-  std::exception_ptr watch_error_;
-  bool stop_ = false;
-  std::thread watcher_;
+  std::mutex mu_;
+  c10::intrusive_ptr<c10d::Work> current_;
+  std::atomic<bool> interrupted_{false};
 };
 
 }  // namespace far

@@ -1,0 +1,26 @@
+// Hierarchical allreduce: shared-memory reduce-scatter inside each host, then every local rank
+// allreduces its slice with the ranks of the same local index on the other hosts (all local
+// ranks at once, each over its own process group), then the shared-memory allgather.
+// Needs the same number of ranks on every host; the engine falls back to a flat algorithm
+// otherwise.
+#include "algorithms/hierarchical.h"
+
+namespace far {
+
+void hierarchical_allreduce(ShmContext& ctx, P2P& cross, const Job& job, const ShmOptions& so,
+                            const AlgoOptions& ao, const CostModel& cost, Staging& st) {
+  SliceStage stage = [&](const Job& slice) {
+    if (cross.size() == 1 || slice.count == 0) {
+      if (slice.op == RedOp::kAvg) scale_div(slice.buf, slice.count, slice.dtype, slice.divisor, ao.threads);
+      return;
+    }
+    const size_t bytes = slice.count * slice.esize();
+    if (cost.hd_us(bytes, cross.size()) <= cost.ring_us(bytes, cross.size()))
+      halving_doubling_allreduce(cross, slice, ao, st);
+    else
+      ring_allreduce(cross, slice, ao, st);
+  };
+  shm_allreduce(ctx, job, so, &stage);
+}
+
+}  // namespace far

@@ -1,0 +1,10 @@
+#pragma once
+#include "algorithms/shm_allreduce.h"
+
+namespace far {
+
+// `cross` connects this rank to the ranks with the same local index on the other hosts.
+void hierarchical_allreduce(ShmContext& ctx, P2P& cross, const Job& job, const ShmOptions& so,
+                            const AlgoOptions& ao, const CostModel& cost, Staging& st);
+
+}  // namespace far

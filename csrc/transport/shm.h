@@ -1,0 +1,79 @@
+// Shared-memory transport between the processes of one host: one POSIX segment per local rank
+// (control block + two data slots for double buffering), mapped by every local rank, and the
+// counters and waits that order access to them.
+//
+// Waiting spins briefly (only when ranks do not outnumber cores), then yields, then blocks on a
+// futex, so that 4-8 ranks on 2 cores still make progress.
+#pragma once
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/header.h"
+
+namespace far {
+
+// A counter written by one rank and read by all; `waiters` tells the writer to wake sleepers.
+struct alignas(64) ShmCounter {
+  std::atomic<uint32_t> value{0};
+  std::atomic<uint32_t> waiters{0};
+};
+
+struct ShmControl {
+  uint64_t magic;
+  int32_t pid;
+  ShmCounter filled;   // chunk k copied in
+  ShmCounter reduced;  // chunk k: my slice reduced (and allreduced across hosts)
+  ShmCounter done;     // chunk k: result copied out; my slot may be reused for chunk k+2
+  alignas(64) Header header[2];  // the collective each slot's chunk belongs to
+};
+
+struct ShmPeers {
+  std::vector<int> group_ranks;  // group rank of each local rank
+  std::vector<int> pids;
+};
+
+class ShmGroup {
+ public:
+  // Collective over the local ranks: creates this rank's segment, exchanges names through
+  // `store`, maps every peer's segment, waits until all have attached, then unlinks its own
+  // name so that nothing is left in /dev/shm even if a process dies later.
+  ShmGroup(int local_rank, ShmPeers peers, c10::intrusive_ptr<c10d::Store> store, const std::string& tag,
+           size_t slot_bytes, std::chrono::milliseconds timeout);
+  ~ShmGroup();
+  ShmGroup(const ShmGroup&) = delete;
+  ShmGroup& operator=(const ShmGroup&) = delete;
+
+  int local_rank() const { return me_; }
+  int local_size() const { return static_cast<int>(base_.size()); }
+  size_t slot_bytes() const { return slot_bytes_; }
+  ShmControl& ctrl(int r) const { return *reinterpret_cast<ShmControl*>(base_[r]); }
+  char* slot(int r, int s) const;
+
+  void publish(ShmCounter ShmControl::*which, uint32_t value);
+  // Waits until every local rank's counter has reached `target`. `poll` runs in slow waits (it
+  // throws on abort); past `deadline` throws CommTimeoutError naming the ranks still behind; a
+  // dead peer process raises CommError at once.
+  void wait_all(ShmCounter ShmControl::*which, uint32_t target, const char* phase, const Header& h,
+                std::chrono::steady_clock::time_point deadline, const std::function<void()>& poll);
+
+  uint32_t next_chunk() { return ++chunks_; }
+
+ private:
+  void wait_one(int r, ShmCounter ShmControl::*which, uint32_t target, const char* phase, const Header& h,
+                std::chrono::steady_clock::time_point deadline, const std::function<void()>& poll);
+  int me_;
+  ShmPeers peers_;
+  size_t slot_bytes_, seg_bytes_;
+  std::vector<char*> base_;
+  std::string my_name_;
+  uint32_t chunks_ = 0;
+  bool spin_;
+};
+
+}  // namespace far

@@ -1,0 +1,156 @@
+"""End-to-end DDP step benchmark: a small ResNet on synthetic images, measured three ways in one
+run on the same processes — no communication, DDP's default allreduce (gloo), and DDP with the
+fastallreduce hook — at DDP's default bucket size and at a small one.
+
+    python -m fastallreduce.bench.ddp_step [--steps 10] [--buckets 25,1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..launch import RankPool
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + (x if self.down is None else self.down(x)))
+
+
+def resnet18_cifar(widths=(32, 64, 128, 256), classes: int = 10) -> nn.Module:
+    """ResNet-18 layout (2-2-2-2 basic blocks) with a CIFAR stem (3x3 conv, no max-pool)."""
+    layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    cin = widths[0]
+    for i, w in enumerate(widths):
+        for j in range(2):
+            layers.append(BasicBlock(cin, w, 2 if (j == 0 and i > 0) else 1))
+            cin = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
+    return nn.Sequential(*layers)
+
+
+def _rank_run(mode: str, bucket_mb: float, steps: int, warmup: int, batch: int) -> dict:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import fastallreduce as far
+
+    torch.manual_seed(0)
+    model = resnet18_cifar()
+    state = None
+    if mode == "nocomm":
+        net = model
+    else:
+        net = DDP(model, bucket_cap_mb=bucket_mb)
+        if mode == "hook":
+            state = far.ddp.register(net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(dist.get_rank())
+    x = torch.randn(batch, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    lossf = nn.CrossEntropyLoss()
+    times, exposed = [], []
+    for i in range(warmup + steps):
+        dist.barrier()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        lossf(net(x), y).backward()
+        opt.step()
+        dt = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(dt)
+            if state is not None:
+                exposed.append(state.stats()["exposed_s"])
+    if state is not None:
+        state.comm.close()
+    return {"times": times, "exposed": exposed, "params": sum(p.numel() for p in model.parameters())}
+
+
+def run(world: int = 2, steps: int = 10, warmup: int = 3, bucket_mbs=(25.0, 1.0), batch: int = 32,
+        pool: Optional[RankPool] = None, rounds: int = 3) -> list[dict]:
+    """Measures every mode in one run on the same processes; returns one row per (mode, bucket)."""
+    own = pool is None
+    pool = pool or RankPool(world, threads=1)
+    rows = []
+    configs = [("nocomm", 0.0)] + [(m, b) for b in bucket_mbs for m in ("ddp", "hook")]
+    samples: dict = {c: ([], [], 0) for c in configs}
+    try:
+        # Interleave the modes over several rounds so that drift in a shared machine's load
+        # hits them all alike.
+        for _ in range(rounds):
+            for mode, b in configs:
+                res = pool.run(_rank_run, mode, b, steps, warmup, batch, timeout=1800)
+                n = len(res[0]["times"])
+                samples[(mode, b)][0].extend(max(r["times"][i] for r in res) for i in range(n))
+                if res[0]["exposed"]:
+                    samples[(mode, b)][1].extend(max(r["exposed"][i] for r in res) for i in range(n))
+                samples[(mode, b)] = (samples[(mode, b)][0], samples[(mode, b)][1], res[0]["params"])
+    finally:
+        if own:
+            pool.close()
+    for (mode, b), (times, exposed, params) in samples.items():
+        rows.append({"mode": mode, "bucket_mb": b, "step_ms": statistics.median(times) * 1e3,
+                     "exposed_ms": statistics.median(exposed) * 1e3 if exposed else None,
+                     "steps": len(times), "params": params, "world": world, "batch_per_rank": batch})
+    base = rows[0]["step_ms"]
+    for b in bucket_mbs:
+        ddp = next(r for r in rows if r["mode"] == "ddp" and r["bucket_mb"] == b)
+        hook = next(r for r in rows if r["mode"] == "hook" and r["bucket_mb"] == b)
+        # Goal: hook <= nocomm + 25% of (ddp - nocomm), and never slower than ddp.
+        hook["goal_ms"] = base + 0.25 * (ddp["step_ms"] - base)
+        hook["comm_overhead_vs_ddp"] = (hook["step_ms"] - base) / max(1e-9, ddp["step_ms"] - base)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| mode | bucket MB | step ms (median) | exposed comm ms | overhead vs DDP's | goal ms |",
+             "|---|---|---|---|---|---|"]
+    names = {"nocomm": "no communication", "ddp": "DDP default (gloo)", "hook": "DDP + fastallreduce hook"}
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    for r in rows:
+        lines.append(f"| {names[r['mode']]} | {r['bucket_mb'] or '-'} | {r['step_ms']:.1f} | "
+                     f"{fmt(r.get('exposed_ms'), '.1f')} | {fmt(r.get('comm_overhead_vs_ddp'), '.0%')} | "
+                     f"{fmt(r.get('goal_ms'), '.1f')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every mode")
+    ap.add_argument("--buckets", default="25,1", help="bucket sizes in MB, comma separated")
+    ap.add_argument("--json", default=None, help="write the rows here")
+    a = ap.parse_args(argv)
+    rows = run(a.world, a.steps, a.warmup, tuple(float(b) for b in a.buckets.split(",")), a.batch, rounds=a.rounds)
+    print(format_table(rows))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

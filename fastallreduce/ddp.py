@@ -1,0 +1,143 @@
+"""Drop-in DDP communication hooks backed by fastallreduce.
+
+    import fastallreduce
+    state = fastallreduce.ddp.register(ddp_model)          # or, by hand:
+    state = fastallreduce.ddp.HookState(ddp_model.process_group)
+    ddp_model.register_comm_hook(state, fastallreduce.ddp.allreduce_hook)
+
+Contract of :func:`allreduce_hook`: it returns at once with a ``torch.futures.Future`` that
+completes with the bucket's gradients AVERAGED over the group (the sum divided by the group
+size, as DDP's default hook does), with the buffer's shape and dtype. The reduction runs on the
+communicator's worker thread while backprop continues.
+
+This module deliberately does not use ``from __future__ import annotations``: DDP compares the
+hook's return annotation with ``torch.futures.Future[torch.Tensor]`` by identity.
+"""
+import threading
+import time
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from .communicator import Communicator
+
+_COMPRESSION = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class HookState:
+    """State of the fastallreduce DDP hooks.
+
+    Args:
+        process_group: the group DDP uses (None: the default group). Creating the state is a
+            collective over it: every rank must create its HookState at the same point.
+        algorithm: the Communicator algorithm ("auto" picks per bucket size and topology).
+        compression: None, "bf16" or "fp16": cast gradients for the wire and back afterwards.
+        communicator: reuse an existing Communicator over the same ranks instead of making one.
+
+    ``stats()`` reports, for the last completed step: bytes reduced, time spent in
+    communication (sum over buckets, from hook call to completion), and exposed communication:
+    how long after the last bucket was handed over (the end of backward) the last reduction
+    finished.
+    """
+
+    def __init__(self, process_group: Optional[dist.ProcessGroup] = None, *, algorithm: str = "auto",
+                 compression: Optional[str] = None, communicator: Optional[Communicator] = None) -> None:
+        if compression not in _COMPRESSION:
+            raise ValueError(f"fastallreduce: compression must be one of None, 'bf16', 'fp16'; got {compression!r}")
+        self.process_group = process_group
+        self.compression = _COMPRESSION[compression]
+        self.comm = communicator if communicator is not None else Communicator(process_group, algorithm)
+        self._lock = threading.Lock()
+        self._reset_step()
+        self._last: Dict[str, float] = {"bytes": 0, "buckets": 0, "comm_time_s": 0.0, "exposed_s": 0.0}
+        self.steps = 0
+
+    def _reset_step(self) -> None:
+        self._bytes = 0
+        self._buckets = 0
+        self._comm_time = 0.0
+        self._pending = 0
+        self._last_call: Optional[float] = None
+        self._new_step = True
+
+    def _started(self, nbytes: int, is_last: bool) -> float:
+        now = time.perf_counter()
+        with self._lock:
+            if self._new_step:
+                self._reset_step()
+                self._new_step = False
+            self._bytes += nbytes
+            self._buckets += 1
+            self._pending += 1
+            if is_last:
+                self._last_call = now
+        return now
+
+    def _finished(self, t0: float) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            self._comm_time += now - t0
+            self._pending -= 1
+            if self._pending == 0 and self._last_call is not None:
+                self._last = {"bytes": self._bytes, "buckets": self._buckets, "comm_time_s": self._comm_time,
+                              "exposed_s": max(0.0, now - self._last_call)}
+                self.steps += 1
+                self._new_step = True
+
+    def stats(self) -> Dict[str, float]:
+        """Statistics of the last completed step: bytes, buckets, comm_time_s, exposed_s."""
+        with self._lock:
+            return dict(self._last)
+
+    # DDP pickles the hook state when it saves/loads; the communicator is process-local.
+    def __getstate__(self):
+        raise RuntimeError("fastallreduce.ddp.HookState holds a live Communicator and cannot be pickled")
+
+
+def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Averages the bucket over ``state``'s group with fastallreduce, asynchronously.
+
+    The returned Future holds the averaged gradients (sum / group size), same shape and dtype as
+    ``bucket.buffer()``; with compression the buffer is cast for the wire and the result cast
+    back into it.
+    """
+    buf = bucket.buffer()
+    if buf.is_sparse:
+        raise RuntimeError("fastallreduce.ddp.allreduce_hook does not support sparse gradients")
+    t0 = state._started(buf.numel() * buf.element_size(), bucket.is_last())
+    if state.compression is not None and buf.dtype != state.compression:
+        wire = buf.to(state.compression)
+        fut = state.comm.allreduce(wire, op="avg", async_op=True)
+
+        def decompress(f: torch.futures.Future) -> torch.Tensor:
+            try:
+                buf.copy_(f.value())
+                return buf
+            finally:
+                state._finished(t0)
+
+        return fut.then(decompress)
+    fut = state.comm.allreduce(buf, op="avg", async_op=True)
+
+    def done(f: torch.futures.Future) -> torch.Tensor:
+        try:
+            return f.value()
+        finally:
+            state._finished(t0)
+
+    return fut.then(done)
+
+
+def register(ddp_model: torch.nn.parallel.DistributedDataParallel, **options) -> HookState:
+    """Registers :func:`allreduce_hook` on ``ddp_model`` over the group DDP itself uses.
+
+    ``options`` are :class:`HookState`'s keyword arguments. Returns the state (for ``stats()``).
+    Collective: call it on every rank.
+    """
+    state = HookState(ddp_model.process_group, **options)
+    ddp_model.register_comm_hook(state, allreduce_hook)
+    return state
+
+
+__all__ = ["HookState", "allreduce_hook", "register"]

@@ -1,0 +1,79 @@
+"""DDP training runs executed on the ranks of a RankPool."""
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import fastallreduce as far
+
+
+class Net(nn.Module):
+    def __init__(self, unused: bool = False, int_valued: bool = False):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 32)
+        self.c = nn.Linear(32, 4)
+        self.unused = nn.Linear(4, 4) if unused else None
+        if int_valued:
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(torch.randint(-2, 3, p.shape).float())
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = torch.relu(self.b(h))
+        return self.c(h)
+
+
+def train(hook: bool, steps: int = 10, *, compression=None, gradient_as_bucket_view=False, static_graph=False,
+          find_unused=False, unused=False, accumulate=1, bucket_cap_mb=0.002, group_ranks=None,
+          uneven=False, int_valued=False, algorithm="auto"):
+    """Trains the same model with DDP; returns the final parameters (and hook stats)."""
+    rank = dist.get_rank()
+    group = dist.new_group(group_ranks) if group_ranks is not None else None
+    if group_ranks is not None and rank not in group_ranks:
+        return None
+    torch.manual_seed(0)
+    model = Net(unused=unused, int_valued=int_valued)
+    ddp = DDP(model, process_group=group, gradient_as_bucket_view=gradient_as_bucket_view,
+              static_graph=static_graph, find_unused_parameters=find_unused, bucket_cap_mb=bucket_cap_mb)
+    state = far.ddp.register(ddp, compression=compression, algorithm=algorithm) if hook else None
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05 if not int_valued else 2.0 ** -10, momentum=0.0 if int_valued else 0.9)
+    g = torch.Generator().manual_seed(100 + rank)
+    n_batches = steps * accumulate + (rank if uneven else 0)
+    batches = []
+    for _ in range(n_batches):
+        if int_valued:
+            x = torch.randint(-1, 2, (8, 16), generator=g).float()
+        else:
+            x = torch.randn(8, 16, generator=g)
+        batches.append(x)
+
+    def step_loss(x):
+        out = ddp(x)
+        return out.sum() if int_valued else (out ** 2).mean()
+
+    if uneven:
+        from torch.distributed.algorithms.join import Join
+        with Join([ddp]):
+            for x in batches:
+                opt.zero_grad()
+                step_loss(x).backward()
+                opt.step()
+    else:
+        for i in range(steps):
+            opt.zero_grad()
+            for j in range(accumulate):
+                x = batches[i * accumulate + j]
+                if j < accumulate - 1:
+                    with ddp.no_sync():
+                        step_loss(x).backward()
+                else:
+                    step_loss(x).backward()
+            opt.step()
+    params = [p.detach().clone() for p in model.parameters()]
+    stats = state.stats() if state is not None else None
+    if state is not None:
+        logging_data = ddp._get_ddp_logging_data()
+        stats = dict(stats, comm_hook=logging_data.get("comm_hook"))
+    return params, stats

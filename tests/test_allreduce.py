@@ -1,0 +1,75 @@
+"""The Communicator's correctness matrix: every algorithm, op and dtype against torch.distributed
+(gloo) on exactly computable inputs, world sizes 1..8 oversubscribed on this machine's cores."""
+import pytest
+
+import dist_cases as dc
+
+SIM_HOSTS = {  # simulated hosts per world size (uneven ones take the flat fallback)
+    3: ["a", "a", "b"],
+    4: ["a", "a", "b", "b"],
+    5: ["a", "b", "c", "a", "b"],
+    8: ["a", "b", "a", "b", "a", "b", "a", "b"],
+}
+
+
+def _cases(world, algorithms, big):
+    cases = []
+    counts = sorted({0, 1, max(world - 1, 0), world + 1, 1009})
+    seed = 0
+    for algo in algorithms:
+        for dt in dc.DTYPES:
+            for op in dc.OPS:
+                if not dc.valid(dt, op):
+                    continue
+                kind = "pm2" if op == "product" else "int"
+                for n in counts:
+                    seed += 1
+                    cases.append((algo, n, dt, op, seed, seed % 3 == 0, kind, seed % 4 == 1))
+        if big:
+            # several pipeline segments / shared-memory chunks
+            cases.append((algo, 3_000_001, "float32", "sum", 7, False, "int", False))
+            cases.append((algo, 1_500_000, "bfloat16", "avg", 8, True, "int", True))
+    return cases
+
+
+def _check(results, cases, world):
+    for i, case in enumerate(cases):
+        per_rank = [results[r][i] for r in range(world)]
+        errs = [p[0] for p in per_rank]
+        assert max(errs) == 0, f"case {case}: error {errs}"
+        assert len({p[1] for p in per_rank}) == 1, f"case {case}: ranks disagree bit-wise"
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 5, 8])
+def test_matrix_flat_and_shm(pool, world):
+    algorithms = ["ring", "halving_doubling", "shm", "auto"]
+    cases = _cases(world, algorithms, big=world in (2, 3, 4))
+    res = pool(world).run(dc.run_cases, cases, timeout=600)
+    _check(res, cases, world)
+    if world > 1:
+        used = {res[0][i][2] for i, c in enumerate(cases) if c[0] == "auto"}
+        assert used == {"shm"}, used
+
+
+@pytest.mark.parametrize("world", [3, 4, 5, 8])
+def test_matrix_hierarchical(pool, world):
+    hosts = SIM_HOSTS[world]
+    cases = _cases(world, ["hierarchical", "auto"], big=world == 4)
+    res = pool(world).run(dc.run_cases, cases, hosts, timeout=600)
+    _check(res, cases, world)
+    uniform = len({hosts.count(h) for h in set(hosts)}) == 1
+    used = {res[0][i][2] for i in range(len(cases))}
+    if uniform:
+        assert used == {"hierarchical"}
+    else:
+        assert used <= {"ring", "halving_doubling"}
+
+
+def test_float_random_inputs(pool):
+    """Non-integer floats: equal to gloo within rounding, bit-identical across ranks."""
+    cases = [(a, 100_003, dt, op, 11, False, "randn", False)
+             for a in ("ring", "halving_doubling", "shm") for dt in ("float32", "float64") for op in ("sum", "avg")]
+    res = pool(3).run(dc.run_cases, cases, timeout=300)
+    for i, case in enumerate(cases):
+        assert res[0][i][0] < 1e-4, (case, res[0][i][0])
+        assert len({res[r][i][1] for r in range(3)}) == 1

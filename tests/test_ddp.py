@@ -1,0 +1,60 @@
+"""DDP with fastallreduce's hook gives the same training result as DDP's default allreduce."""
+import pytest
+import torch
+
+import ddp_cases as dc
+
+TIMEOUT = 180
+
+
+def _compare(pool, world, tol=None, **kw):
+    p = pool(world)
+    ref = p.run(dc.train, False, timeout=TIMEOUT, **kw)
+    got = p.run(dc.train, True, timeout=TIMEOUT, **kw)
+    for r in range(world):
+        if ref[r] is None:
+            assert got[r] is None
+            continue
+        for a, b in zip(ref[r][0], got[r][0]):
+            if tol is None:
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+            else:
+                torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+    return got
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_parity_default(pool, world):
+    got = _compare(pool, world)
+    stats = got[0][1]
+    assert stats["bytes"] > 0 and stats["buckets"] >= 2
+    assert "allreduce_hook" in stats["comm_hook"]
+
+
+def test_integer_valued_model_exact(pool):
+    p = pool(2)
+    ref = p.run(dc.train, False, int_valued=True, timeout=TIMEOUT)
+    got = p.run(dc.train, True, int_valued=True, timeout=TIMEOUT)
+    for a, b in zip(ref[0][0], got[0][0]):
+        assert torch.isfinite(a).all()
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("opt", [dict(gradient_as_bucket_view=True), dict(static_graph=True),
+                                 dict(find_unused=True, unused=True), dict(accumulate=3),
+                                 dict(algorithm="ring"), dict(algorithm="halving_doubling")])
+def test_parity_options(pool, opt):
+    _compare(pool, 2, **opt)
+
+
+def test_parity_subgroup(pool):
+    _compare(pool, 3, group_ranks=[0, 2])
+
+
+def test_join_uneven_inputs(pool):
+    _compare(pool, 2, uneven=True)
+
+
+@pytest.mark.parametrize("compression,tol", [("bf16", 2e-2), ("fp16", 2e-3)])
+def test_compression(pool, compression, tol):
+    _compare(pool, 2, tol=tol, compression=compression)
