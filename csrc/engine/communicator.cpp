@@ -162,7 +162,9 @@ void Communicator::run(Call call) {
     lk.unlock();
     try {
       execute(t);
+      t = Task{};
     } catch (...) {
+      t = Task{};
       lk.lock();
       busy_ = false;
       cv_.notify_all();
@@ -205,6 +207,9 @@ void Communicator::worker_loop() {
     } catch (...) {
       // execute() already delivered the error through the task's future.
     }
+    // Drop the task's tensors and future before taking the lock: the last reference to a
+    // Python-owned tensor may need the GIL, which a caller blocked on this lock could hold.
+    t = Task{};
     lk.lock();
     busy_ = false;
     cv_.notify_all();
