@@ -77,3 +77,50 @@ def train(hook: bool, steps: int = 10, *, compression=None, gradient_as_bucket_v
         logging_data = ddp._get_ddp_logging_data()
         stats = dict(stats, comm_hook=logging_data.get("comm_hook"))
     return params, stats
+
+
+def train_fused(fused: bool, steps: int = 12, accumulate: int = 1, gradient_as_bucket_view: bool = False,
+                clip: bool = False, momentum: float = 0.9, uneven: bool = False):
+    """far.optim.SGD + WarmupSchedule; the reference steps after backward, the other fuses the update."""
+    from fastallreduce.optim import SGD, WarmupSchedule
+
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = Net()
+    ddp = DDP(model, gradient_as_bucket_view=gradient_as_bucket_view, bucket_cap_mb=0.002)
+    opt = SGD(ddp.parameters(), lr=0.4, momentum=momentum, weight_decay=1e-4, nesterov=momentum > 0)
+    sched = WarmupSchedule(opt, iters_per_epoch=2, warmup="gradual", warmup_epochs=2, warmup_start_lr=0.05,
+                           milestones=(4,), gamma=0.5)
+    if fused:
+        far.ddp.register_fused_optimizer(ddp, opt)
+    else:
+        far.ddp.register(ddp)
+    g = torch.Generator().manual_seed(100 + rank)
+    error = None
+    if uneven:  # rank r runs steps + r iterations; Join shadows the missing ones
+        from torch.distributed.algorithms.join import Join
+        with Join([ddp]):
+            for i in range(steps + rank):
+                opt.zero_grad()
+                (ddp(torch.randn(8, 16, generator=g)) ** 2).mean().backward()
+                opt.step()
+                sched.step()
+        return [p.detach().clone() for p in model.parameters()], error
+    for i in range(steps):
+        opt.zero_grad()
+        for j in range(accumulate):
+            x = torch.randn(8, 16, generator=g)
+            if j < accumulate - 1:
+                with ddp.no_sync():
+                    (ddp(x) ** 2).mean().backward()
+            else:
+                (ddp(x) ** 2).mean().backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1e-3)
+        try:
+            opt.step()
+        except RuntimeError as e:
+            error = str(e)
+            break
+        sched.step()
+    return [p.detach().clone() for p in model.parameters()], error

@@ -58,3 +58,21 @@ def test_join_uneven_inputs(pool):
 @pytest.mark.parametrize("compression,tol", [("bf16", 2e-2), ("fp16", 2e-3)])
 def test_compression(pool, compression, tol):
     _compare(pool, 2, tol=tol, compression=compression)
+
+
+@pytest.mark.parametrize("world,opts", [(2, {}), (3, {"accumulate": 2}), (2, {"gradient_as_bucket_view": True}),
+                                        (4, {"momentum": 0.0}), (2, {"uneven": True})])
+def test_fused_update_equals_step_after_backward(pool, world, opts):
+    p = pool(world)
+    ref = p.run(dc.train_fused, False, timeout=TIMEOUT, **opts)
+    got = p.run(dc.train_fused, True, timeout=TIMEOUT, **opts)
+    for r in range(world):
+        assert ref[r][1] is None and got[r][1] is None
+        for a, b in zip(ref[r][0], got[r][0]):
+            assert torch.equal(a, b)
+
+
+def test_fused_update_refuses_clipping(pool):
+    got = pool(2).run(dc.train_fused, True, clip=True, timeout=TIMEOUT)
+    for params, error in got:
+        assert error is not None and "clipping" in error

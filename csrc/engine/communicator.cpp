@@ -162,15 +162,15 @@ void Communicator::run(Call call) {
     lk.unlock();
     try {
       execute(t);
+      t = Task{};
     } catch (...) {
-      t = Task{};  // drop the tensors before taking mu_ (see worker_loop)
+      t = Task{};
       lk.lock();
       busy_ = false;
       cv_.notify_all();
       throw;
     }
-    t = Task{};
-    lk.lock();
+      lk.lock();
     busy_ = false;
     if (!queue_.empty()) cv_.notify_all();
     return;
@@ -207,9 +207,8 @@ void Communicator::worker_loop() {
     } catch (...) {
       // execute() already delivered the error through the task's future.
     }
-    // Dropping a tensor that Python also references takes the GIL (torch's PyObject
-    // preservation): never while holding mu_, or a Python thread holding the GIL and waiting
-    // for mu_ in run_async() deadlocks with us.
+    // Drop the task's tensors and future before taking the lock: the last reference to a
+    // Python-owned tensor may need the GIL, which a caller blocked on this lock could hold.
     t = Task{};
     lk.lock();
     busy_ = false;

@@ -175,7 +175,11 @@ class SGD(Optimizer):
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return
-        grads = [p.grad for p in params]
+        self._step_params(group, params, [p.grad for p in params])
+
+    def _step_params(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        """Updates ``params`` (members of ``group``) with the given gradients. The update fused into
+        the DDP hook calls this per bucket, with the bucket's averaged gradients."""
         lr = _scalar(group["lr"])
         momentum = float(group["momentum"])
         paper = bool(group["lr_in_momentum"]) and momentum != 0
