@@ -36,7 +36,7 @@ def main() -> None:
     cuda = "nccl" if dist.is_nccl_available() and torch.cuda.is_available() else "gloo"
     dist.init_process_group(f"cpu:fastallreduce,cuda:{cuda}", store=store, rank=rank, world_size=world)
     ops = check("store")
-    assert ops >= 3, ops
+    assert ops >= 2, ops  # the two allreduces ran on the engine
     print(f"OK rank {rank} store per-device cpu:fastallreduce,cuda:{cuda} engine_ops={ops}", flush=True)
     dist.destroy_process_group()
 

@@ -198,26 +198,10 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce(std::vector<at::T
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::barrier(const c10d::BarrierOptions& opts) {
   // A barrier must also order after this rank's pending engine work, which Gloo knows nothing
-  // about: a one-byte engine allreduce (FIFO behind that work) and a Gloo barrier (behind the
-  // delegated work), completed together.
-  auto token = at::zeros({1}, at::TensorOptions().dtype(at::kByte));
-  auto engine_work = engine_allreduce(token, RedOp::kMax, c10d::OpType::BARRIER, nullptr, false);
-  auto gloo_work = gloo_->barrier(opts);
-  // Completes (with an empty tensor list, like Gloo's barrier) once both halves have; the first
-  // error wins.
-  auto done = c10::make_intrusive<Future>(c10::ListType::ofTensors());
-  auto gloo_fut = gloo_work->getFuture();
-  engine_work->getFuture()->addCallback([done, gloo_fut](Future& e) {
-    gloo_fut->addCallback([done, e_err = e.hasError() ? e.exception_ptr() : nullptr](Future& g) {
-      if (e_err)
-        done->setError(e_err);
-      else if (g.hasError())
-        done->setError(g.exception_ptr());
-      else
-        done->markCompleted(c10::IValue(std::vector<at::Tensor>{}));
-    });
-  });
-  return c10::make_intrusive<FutureWork>(done, rank_, c10d::OpType::BARRIER, nullptr, std::vector<at::Tensor>{});
+  // about: finish this rank's queued engine collectives first (every rank does, and each of
+  // them needs all ranks), then the Gloo barrier orders the ranks.
+  engine_->drain();  // torch's bindings call this with the GIL released
+  return gloo_->barrier(opts);
 }
 
 void FastAllreduceBackend::shutdown() {

@@ -172,7 +172,7 @@ void Communicator::run(Call call) {
     }
       lk.lock();
     busy_ = false;
-    if (!queue_.empty()) cv_.notify_all();
+    cv_.notify_all();  // the worker (queued work) and drain() wait for this
     return;
   }
   auto fut = c10::make_intrusive<c10::ivalue::Future>(c10::TensorType::get());
@@ -413,6 +413,11 @@ std::string Communicator::missing_ranks_report() {
 void Communicator::abort(const std::string& reason) {
   publish_abort("fault|fastallreduce: rank " + std::to_string(rank_) + " aborted: " + reason);
   interrupt_transports();
+}
+
+void Communicator::drain() {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return queue_.empty() && !busy_; });
 }
 
 void Communicator::close() {
