@@ -24,9 +24,7 @@ epoch for every run) and states what this run shows, computed from the numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -36,6 +34,9 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .bench.output import save_outputs
+from .models import BasicBlock
 
 # The paper's Table 1 (ResNet-50 on ImageNet, top-1 validation error %, mean ± std of 5 runs).
 PAPER = {
@@ -87,26 +88,6 @@ def load_data(name: str = "digits", test_fraction: float = 0.2, quick: bool = Fa
     elif name != "digits":
         raise ValueError(f"unknown data set {name!r}; choose digits or digits-shift")
     return {"xtr": xtr.contiguous(), "ytr": ytr, "xte": xte.contiguous(), "yte": yte}
-
-
-class BasicBlock(nn.Module):
-    """torchvision-style residual block: conv-BN-ReLU-conv-BN, plus the (projected) input, ReLU."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        idt = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + idt)
 
 
 class SmallResNet(nn.Module):
@@ -384,17 +365,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     log("")
     for c in doc["conclusions"]:
         log(f"* {c}")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "demo.json")
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-    doc["json_path"] = path
-    log(f"\nwrote {path}")
-    if not args.no_plot:
-        png = os.path.join(args.out, "demo.png")
-        plot(doc, png)
-        doc["png_path"] = png
-        log(f"wrote {png}")
+    save_outputs(doc, args.out, "demo", None if args.no_plot else plot, log)
     return doc
 
 

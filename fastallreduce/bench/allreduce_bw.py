@@ -24,14 +24,14 @@ one panel per world size) in the output directory, a progress bar on stderr.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
 from typing import Any, Optional, Sequence
 
 import torch
+
+from .output import save_outputs
 
 # Defaults: the README's main job runs this with no arguments; it must finish in a few minutes on
 # 2 cores (2 ranks, 4 KiB .. 256 MiB by 4x, gloo + every available algorithm).
@@ -416,17 +416,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     for run_ in doc["runs"]:
         log("")
         log(format_tables(run_, doc["config"]))
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "allreduce_bw.json")
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-    doc["json_path"] = path
-    log(f"\n# wrote {path}")
-    if not args.no_plot:
-        png = os.path.join(args.out, "allreduce_bw.png")
-        plot(doc, png)
-        doc["png_path"] = png
-        log(f"# wrote {png}")
+    save_outputs(doc, args.out, "allreduce_bw", None if args.no_plot else plot, log, prefix="# ")
     return doc
 
 
