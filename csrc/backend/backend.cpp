@@ -197,10 +197,10 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce(std::vector<at::T
 }
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::barrier(const c10d::BarrierOptions& opts) {
-  // A barrier must also order after this rank's pending engine work, which Gloo knows nothing
-  // about: finish this rank's queued engine collectives first (every rank does, and each of
-  // them needs all ranks), then the Gloo barrier orders the ranks.
-  engine_->drain();  // torch's bindings call this with the GIL released
+  // Gloo's barrier alone. Engine allreduces still in flight are not waited for: wait on their
+  // Work first. Putting an engine collective (or a drain of the engine queue) into the barrier
+  // hung intermittently in the test suite (rank 0 never saw its barrier complete while the other
+  // ranks had passed it); the cause is not found yet.
   return gloo_->barrier(opts);
 }
 
