@@ -172,7 +172,7 @@ void Communicator::run(Call call) {
     }
       lk.lock();
     busy_ = false;
-    cv_.notify_all();  // the worker (queued work) and drain() wait for this
+    cv_.notify_all();  // the worker may be waiting for this op to finish
     return;
   }
   auto fut = c10::make_intrusive<c10::ivalue::Future>(c10::TensorType::get());
@@ -413,11 +413,6 @@ std::string Communicator::missing_ranks_report() {
 void Communicator::abort(const std::string& reason) {
   publish_abort("fault|fastallreduce: rank " + std::to_string(rank_) + " aborted: " + reason);
   interrupt_transports();
-}
-
-void Communicator::drain() {
-  std::unique_lock<std::mutex> lk(mu_);
-  cv_.wait(lk, [&] { return queue_.empty() && !busy_; });
 }
 
 void Communicator::close() {

@@ -73,8 +73,6 @@ class Communicator {
   Algo last_algorithm() const { return static_cast<Algo>(last_algo_.load()); }
   uint64_t ops_completed() const { return completed_.load(); }
 
-  // Returns once every collective issued so far has finished (or failed).
-  void drain();
   // Waits for queued work (each op still bounded by the timeout), then stops the worker.
   void close();
   // Fails queued and running work at once, on this rank and (through the store) on every rank.
