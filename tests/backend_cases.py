@@ -177,8 +177,11 @@ def others_vs_gloo(k: int) -> Optional[dict]:
             ts = [torch.ones(3) * rank, torch.ones(2)]
             dist.all_reduce_coalesced(ts, group=g); return ts
 
-        for fn in (bcast, all_gather, all_gather_into, gather, scatter, reduce, reduce_scatter_tensor,
-                   reduce_scatter, all_to_all_single, all_to_all, objects, band, premul, barriers, sparse,
+        # barriers first: Gloo's own barrier (the reference) rethrows a prior failed op's error on
+        # whichever ranks still list that op as in flight -- a race -- so on the gloo group a
+        # barrier right after premul's failure could raise on one rank and hang the others.
+        for fn in (barriers, bcast, all_gather, all_gather_into, gather, scatter, reduce, reduce_scatter_tensor,
+                   reduce_scatter, all_to_all_single, all_to_all, objects, band, premul, sparse,
                    noncontig, coalesced):
             case(fn.__name__, fn)
         case("p2p", lambda: _p2p_ring(g, rank, k))
@@ -193,6 +196,43 @@ def others_vs_gloo(k: int) -> Optional[dict]:
         elif a[0] == "ok" and not _same(a[1], b[1]):
             diffs.append((name, a, b))
     return {"diffs": diffs, "names": sorted(ref), "errors": sorted(n for n in ref if ref[n][0] == "err")}
+
+
+def barrier_after_failure(k: int, iters: int = 40, backend_name: str = "fastallreduce") -> Optional[dict]:
+    """A collective that fails inside the delegate (PREMUL_SUM), then a barrier, ``iters`` times.
+
+    On a plain Gloo group this raises the earlier error on some ranks and times out on the others
+    (Gloo's barrier races with its prior-work list); the fastallreduce barrier must pass on every
+    rank every time. Returns per-iteration outcomes.
+    """
+    if not _member(k):
+        return None
+    g = _groups[k][0] if backend_name == "fastallreduce" else _groups[k][1]
+    failures, barriers_ok = 0, 0
+    for _ in range(iters):
+        try:
+            dist.all_reduce(torch.ones(3), op=dist._make_nccl_premul_sum(2.0), group=g)
+        except Exception:  # noqa: BLE001 - the failure is the point
+            failures += 1
+        w = dist.barrier(group=g, async_op=True)
+        w.wait()
+        barriers_ok += int(w.is_completed())
+        dist.barrier(group=g)  # the synchronous form too
+    return {"failures": failures, "barriers_ok": barriers_ok}
+
+
+def barrier_orders_after_async_allreduce(k: int) -> Optional[dict]:
+    """Async engine allreduces, then a barrier: by the barrier's end they have all completed here."""
+    if not _member(k):
+        return None
+    g = _groups[k][0]
+    ts = [torch.full((1 << 16,), float(i)) for i in range(6)]
+    works = [dist.all_reduce(t, group=g, async_op=True) for t in ts]
+    dist.barrier(group=g)
+    done = [w.is_completed() for w in works]
+    for w in works:
+        w.wait()
+    return {"done_at_barrier": done, "ok": all(torch.equal(t, torch.full_like(t, float(i * k))) for i, t in enumerate(ts))}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 
@@ -146,7 +147,7 @@ bool FastAllreduceBackend::on_engine(const std::vector<at::Tensor>& tensors,
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_allreduce(const at::Tensor& t, RedOp op,
                                                                       c10d::OpType type, const char* title,
-                                                                      bool sync) {
+                                                                      bool sync, bool count) {
   // The engine gets a detached alias (same storage, no Python object): its worker thread drops
   // its references without the GIL, which the caller's thread usually holds by then.
   Call call;
@@ -160,7 +161,7 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_allreduce(const at::
       // async_op=False: the caller waits at once, so run on its thread when nothing is queued
       // (no hand-off to the worker and back); FIFO order is kept by the engine either way.
       engine_->run(std::move(call));
-      engine_ops_.fetch_add(1, std::memory_order_relaxed);
+      if (count) engine_ops_.fetch_add(1, std::memory_order_relaxed);
       auto done = c10::make_intrusive<Future>(c10::ListType::ofTensors());
       done->markCompleted(c10::IValue(std::vector<at::Tensor>{t}));
       return c10::make_intrusive<FutureWork>(done, rank_, type, title, std::vector<at::Tensor>{t});
@@ -169,7 +170,7 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_allreduce(const at::
   } catch (...) {
     std::rethrow_exception(as_dist_error(std::current_exception()));
   }
-  engine_ops_.fetch_add(1, std::memory_order_relaxed);
+  if (count) engine_ops_.fetch_add(1, std::memory_order_relaxed);
   return c10::make_intrusive<FutureWork>(as_list_future(engine_fut, t), rank_, type, title,
                                          std::vector<at::Tensor>{t});
 }
@@ -193,15 +194,50 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce(std::vector<at::T
                         c10::str(t.layout()));
   }
   delegated_ops_.fetch_add(1, std::memory_order_relaxed);
-  return gloo_->allreduce(tensors, opts);
+  return track(gloo_->allreduce(tensors, opts));
 }
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::barrier(const c10d::BarrierOptions& opts) {
-  // Gloo's barrier alone. Engine allreduces still in flight are not waited for: wait on their
-  // Work first. Putting an engine collective (or a drain of the engine queue) into the barrier
-  // hung intermittently in the test suite (rank 0 never saw its barrier complete while the other
-  // ranks had passed it); the cause is not found yet.
-  return gloo_->barrier(opts);
+  // Not Gloo's barrier: Gloo's waits on its prior work and rethrows that work's error, and
+  // whether a just-failed collective is still in its list is a race, so after a failed
+  // delegated op (e.g. PREMUL_SUM) one rank raised while the others waited for it until the
+  // timeout (reproduced with plain Gloo groups: tests/backend_cases.py barrier_after_failure).
+  // Here: this rank's delegated work finishes first (errors stay with their own Work), then one
+  // 1-byte engine collective, which is FIFO after every allreduce queued on this rank and, like
+  // every engine op, header-checked and failed on all ranks together.
+  wait_delegated();
+  auto flag = at::zeros({1}, at::TensorOptions().dtype(at::kByte));
+  return engine_allreduce(flag, RedOp::kMax, c10d::OpType::BARRIER, "fastallreduce:barrier", !opts.asyncOp,
+                          /*count=*/false);
+}
+
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::track(c10::intrusive_ptr<c10d::Work> work) {
+  std::lock_guard<std::mutex> lk(pending_mu_);
+  // Drop finished entries as we go so that the list stays as short as the work in flight.
+  pending_.erase(std::remove_if(pending_.begin(), pending_.end(),
+                                [](const c10::weak_intrusive_ptr<c10d::Work>& w) {
+                                  auto p = w.lock();
+                                  return !p || p->isCompleted();
+                                }),
+                 pending_.end());
+  pending_.emplace_back(work);
+  return work;
+}
+
+void FastAllreduceBackend::wait_delegated() {
+  std::vector<c10::weak_intrusive_ptr<c10d::Work>> prior;
+  {
+    std::lock_guard<std::mutex> lk(pending_mu_);
+    prior.swap(pending_);
+  }
+  for (auto& w : prior) {
+    auto p = w.lock();
+    if (!p || p->isCompleted()) continue;
+    try {
+      p->wait();
+    } catch (...) {  // reported by that op's own wait()
+    }
+  }
 }
 
 void FastAllreduceBackend::shutdown() {
@@ -220,7 +256,7 @@ void FastAllreduceBackend::abort() {
 #define FAR_DELEGATE(call)                                   \
   do {                                                       \
     delegated_ops_.fetch_add(1, std::memory_order_relaxed);  \
-    return gloo_->call;                                      \
+    return track(gloo_->call);                               \
   } while (0)
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::broadcast(std::vector<at::Tensor>& tensors,

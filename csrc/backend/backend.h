@@ -6,6 +6,7 @@
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "engine/communicator.h"
@@ -123,13 +124,20 @@ class FastAllreduceBackend : public c10d::Backend {
  private:
   // sync: the caller waits at once (async_op=False), so the op may run on its thread.
   c10::intrusive_ptr<c10d::Work> engine_allreduce(const at::Tensor& t, RedOp op, c10d::OpType type,
-                                                  const char* title, bool sync);
+                                                  const char* title, bool sync, bool count = true);
+  // Remembers a delegated Work so that barrier() can wait for it (as Gloo's own barrier does).
+  c10::intrusive_ptr<c10d::Work> track(c10::intrusive_ptr<c10d::Work> work);
+  // Waits for every delegated Work this rank issued that is still running; their errors stay
+  // with their own Work.
+  void wait_delegated();
 
   std::shared_ptr<Communicator> engine_;
   c10::intrusive_ptr<c10d::Backend> gloo_;
   c10::intrusive_ptr<Options> options_;
   Algo algo_;
   std::atomic<uint64_t> engine_ops_{0}, delegated_ops_{0};
+  std::mutex pending_mu_;
+  std::vector<c10::weak_intrusive_ptr<c10d::Work>> pending_;
 };
 
 }  // namespace far
