@@ -73,3 +73,22 @@ def test_float_random_inputs(pool):
     for i, case in enumerate(cases):
         assert res[0][i][0] < 1e-4, (case, res[0][i][0])
         assert len({res[r][i][1] for r in range(3)}) == 1
+
+
+def test_shm_chunking_across_slots():
+    """Messages larger than a slot move in small chunks, ones that fit a slot in one: both exact.
+
+    A 64 KiB slot and 8 KiB chunks (environment, read at Communicator creation) put the chunk
+    edges, the slot reuse and the per-rank slices at odd offsets with 3 ranks.
+    """
+    from fastallreduce.launch import RankPool
+
+    env = {"FASTALLREDUCE_SHM_SLOT_BYTES": str(64 << 10), "FASTALLREDUCE_SHM_CHUNK_BYTES": str(8 << 10)}
+    cases = [("shm", n, dt, op, 50 + i, i % 2 == 1, "int", i % 3 == 0)
+             for i, (n, dt, op) in enumerate([(50_001, "float32", "sum"), (16_000, "float32", "avg"),
+                                               (100_003, "bfloat16", "sum"), (7_777, "float64", "max"),
+                                               (40_000, "int64", "sum"), (16_384, "float32", "sum")])]
+    with RankPool(3, env=env) as p:
+        res = p.run(dc.run_cases, cases, timeout=300)
+    _check(res, cases, 3)
+    assert {res[0][i][2] for i in range(len(cases))} == {"shm"}

@@ -52,7 +52,13 @@ void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const S
   ShmGroup& g = ctx.group;
   const int L = g.local_size(), me = g.local_rank();
   const size_t es = job.esize();
-  const size_t chunk_bytes = stage ? g.slot_bytes() : std::min(g.slot_bytes(), std::max<size_t>(o.chunk_bytes, 4096));
+  // A message that fits one slot goes as one chunk: each chunk costs two waits on the peers, and
+  // when backprop keeps every core busy (DDP buckets) each wait costs a reschedule. Larger
+  // messages move in cache-sized chunks (ShmOptions::chunk_bytes); hierarchical in whole slots.
+  const size_t bytes = job.count * es;
+  const size_t chunk_bytes = (stage || bytes <= g.slot_bytes())
+                                 ? g.slot_bytes()
+                                 : std::min(g.slot_bytes(), std::max<size_t>(o.chunk_bytes, 4096));
   const size_t chunk_elems = std::max<size_t>(1, chunk_bytes / es);
   const size_t nchunks = std::max<size_t>(1, (job.count + chunk_elems - 1) / chunk_elems);
   const bool oneshot = stage == nullptr && job.count * es <= o.oneshot_bytes;
