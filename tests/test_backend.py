@@ -2,7 +2,7 @@
 
 The ranks (a RankPool of 4 whose default group is on this backend) are shared by the tests of
 this module; groups of 1..4 ranks on this backend are compared with gloo groups over the same
-ranks, so world sizes 1-4 cost one process start-up.
+ranks, so world sizes 1-4 cost one process start-up. World sizes 5-8 share a second pool of 8.
 """
 import os
 import subprocess
@@ -26,12 +26,31 @@ def fpool():
     p.close()
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 4])
-def test_allreduce_matches_gloo(fpool, k):
-    res = fpool.run(bc.allreduce_vs_gloo, k, False, timeout=180)
+@pytest.fixture(scope="module")
+def fpool8():
+    p = RankPool(8, backend="fastallreduce", pg_timeout_s=60)
+    yield p
+    p.close()
+
+
+def _check_allreduce_summaries(res: list, k: int) -> None:
     for r in res[:k]:
         assert r["checked"] > 0
         assert r["engine_ops"] == r["engine_expected"], r  # the eligible calls ran on the engine
+    assert all(r is None for r in res[k:]), res[k:]  # ranks outside the group took no part
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_allreduce_matches_gloo(fpool, k):
+    _check_allreduce_summaries(fpool.run(bc.allreduce_vs_gloo, k, False, timeout=180), k)
+
+
+# 8 ranks oversubscribe 2 cores, so three sizes per dtype and op: empty, fewer elements than
+# ranks, and 9001 (no multiple of 5..8: uneven chunks; above the shared-memory one-shot threshold
+# for 4- and 8-byte dtypes, so the reduce-scatter/allgather path runs too).
+@pytest.mark.parametrize("k", [5, 6, 7, 8])
+def test_allreduce_matches_gloo_5_to_8_ranks(fpool8, k):
+    _check_allreduce_summaries(fpool8.run(bc.allreduce_vs_gloo, k, False, (0, 1, 9001), timeout=180), k)
 
 
 @pytest.mark.parametrize("k", [2, 3])
