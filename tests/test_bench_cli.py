@@ -96,6 +96,20 @@ def test_allreduce_bw_tiny(tmp_path):
     assert "#wrong" in out and "busbw" in out and "OK" in out
 
 
+def test_ddp_step_tiny(tmp_path):
+    # One step of every mode at one bucket size: the rows and the table, not the timings.
+    from fastallreduce.bench import ddp_step
+
+    out = _run(["bench", "ddp", "--steps", "1", "--warmup", "0", "--rounds", "1", "--buckets", "1",
+                "--batch", "4", "--json", str(tmp_path / "ddp_step.json")], timeout=300)
+    rows = json.loads((tmp_path / "ddp_step.json").read_text())
+    assert [r["mode"] for r in rows] == list(ddp_step.MODES), rows
+    assert all(r["step_ms"] > 0 and r["steps"] == 1 for r in rows), rows
+    far_row = next(r for r in rows if r["mode"] == "ddp_far")
+    assert far_row["bucket_mb"] == 1.0 and "comm_overhead_vs_ddp" in far_row, far_row
+    assert "| DDP default reducer on the fastallreduce backend | 1.0 |" in out, out
+
+
 def test_bench_all_writes_report(tmp_path):
     # The DDP/SGD step benchmarks take minutes; they are left out here (each has its own tests).
     _run(["bench", "all", "--out", str(tmp_path), "--nranks", "2", "--skip", "ddp,sgd",
