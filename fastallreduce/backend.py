@@ -86,6 +86,30 @@ def get_backend(group: dist.ProcessGroup | None = None,
     return b
 
 
+# backend name -> (the default group it was made under, the group over all its ranks)
+_world_groups: dict[str, tuple[dist.ProcessGroup, dist.ProcessGroup]] = {}
+
+
+def world_group(backend: str = BACKEND_NAME) -> dist.ProcessGroup:
+    """A group over every rank of the default group whose backend is ``backend``.
+
+    The default group itself when it already uses ``backend``; otherwise a group made once per
+    process with ``dist.new_group(backend=backend)`` and reused by later calls (a new one after
+    the default group is destroyed and re-initialised). The first call is therefore collective:
+    every rank must make it, in the same order relative to other group creations.
+    """
+    world = dist.group.WORLD
+    if world is None:
+        raise RuntimeError("fastallreduce: world_group() needs torch.distributed.init_process_group() first")
+    if dist.get_backend(world) == backend:
+        return world
+    cached = _world_groups.get(backend)
+    if cached is None or cached[0] is not world:
+        cached = (world, dist.new_group(backend=backend))
+        _world_groups[backend] = cached
+    return cached[1]
+
+
 @atexit.register
 def _drain_at_exit() -> None:
     # Finish queued allreduces and stop the engine threads of groups the program never destroyed,

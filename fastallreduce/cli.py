@@ -1,6 +1,7 @@
 """Command line: ``python -m fastallreduce`` (or the ``fastallreduce`` console script).
 
     fastallreduce bench allreduce [args]   allreduce bandwidth, nccl-tests format, vs torch.distributed gloo
+                                           (under torchrun: on the launched ranks, e.g. --dist-backend fastallreduce)
     fastallreduce bench ddp [args]         DDP step benchmark (when fastallreduce.bench.ddp_step exists)
     fastallreduce bench sgd [args]         SGD step benchmark (when fastallreduce.bench.sgd_step exists)
     fastallreduce bench all [--out DIR]    every benchmark above + results/report.md with the machine
@@ -111,9 +112,7 @@ def bench_all(argv: Sequence[str]) -> int:
 
     t = time.perf_counter()
     doc = allreduce_bw.run(ar_args, log=log)
-    wrong = sum(r[m]["wrong"] for run_ in doc["runs"] for rows in run_["results"].values() for r in rows
-                for m in ("oop", "ip"))
-    rc |= int(wrong != 0)
+    rc |= int(allreduce_bw.total_wrong(doc) != 0)
     cmd = "python -m fastallreduce bench allreduce " + " ".join(shlex.quote(a) for a in ar_argv)
     sections.append(
         f"## Allreduce bandwidth ({time.perf_counter() - t:.0f} s)\n\n`{cmd}`\n\n"

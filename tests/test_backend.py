@@ -2,8 +2,9 @@
 
 The ranks (a RankPool of 4 whose default group is on this backend) are shared by the tests of
 this module; groups of 1..4 ranks on this backend are compared with gloo groups over the same
-ranks, so world sizes 1-4 cost one process start-up.
+ranks, so world sizes 1-4 cost one process start-up. World sizes 5-8 share a second pool of 8.
 """
+import json
 import os
 import subprocess
 import sys
@@ -26,12 +27,31 @@ def fpool():
     p.close()
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 4])
-def test_allreduce_matches_gloo(fpool, k):
-    res = fpool.run(bc.allreduce_vs_gloo, k, False, timeout=180)
+@pytest.fixture(scope="module")
+def fpool8():
+    p = RankPool(8, backend="fastallreduce", pg_timeout_s=60)
+    yield p
+    p.close()
+
+
+def _check_allreduce_summaries(res: list, k: int) -> None:
     for r in res[:k]:
         assert r["checked"] > 0
         assert r["engine_ops"] == r["engine_expected"], r  # the eligible calls ran on the engine
+    assert all(r is None for r in res[k:]), res[k:]  # ranks outside the group took no part
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_allreduce_matches_gloo(fpool, k):
+    _check_allreduce_summaries(fpool.run(bc.allreduce_vs_gloo, k, False, timeout=180), k)
+
+
+# 8 ranks oversubscribe 2 cores, so three sizes per dtype and op: empty, fewer elements than
+# ranks, and 9001 (no multiple of 5..8: uneven chunks; above the shared-memory one-shot threshold
+# for 4- and 8-byte dtypes, so the reduce-scatter/allgather path runs too).
+@pytest.mark.parametrize("k", [5, 6, 7, 8])
+def test_allreduce_matches_gloo_5_to_8_ranks(fpool8, k):
+    _check_allreduce_summaries(fpool8.run(bc.allreduce_vs_gloo, k, False, (0, 1, 9001), timeout=180), k)
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -78,14 +98,42 @@ def test_timeout_raises_dist_backend_error(fpool):
     assert r["seconds"] < 30, r
 
 
-def test_torchrun_launch(tmp_path):
+def _torchrun(args: list, timeout: float) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc-per-node 2 ARGS`` on loopback; must exit 0."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-           os.path.join(HERE, "backend_torchrun_job.py"), str(tmp_path / "store")]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args]
+    p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def test_torchrun_launch(tmp_path):
+    p = _torchrun([os.path.join(HERE, "backend_torchrun_job.py"), str(tmp_path / "store")], timeout=180)
     for r in range(2):
         assert f"OK rank {r} env:// engine_ops=" in p.stdout, p.stdout
         assert f"OK rank {r} store per-device" in p.stdout, p.stdout
+
+
+def test_torchrun_main_job_on_backend(tmp_path):
+    # The README's main job, launched by torchrun on this backend: it runs on the two launched ranks
+    # (no ranks of its own), with the backend's dist.all_reduce as one of the measured implementations.
+    p = _torchrun(["-m", "fastallreduce", "bench", "allreduce", "--dist-backend", "fastallreduce",
+                   "-b", "8", "-e", "4K", "-f", "8", "-w", "1", "-i", "2", "-a", "auto,backend",
+                   "--no-progress", "--no-plot", "--out", str(tmp_path)], timeout=180)
+    out = p.stdout
+    assert out.count("# fastallreduce allreduce_bw") == 1, out  # rank 0 alone prints
+    assert "launched by torchrun, default process group on backend 'fastallreduce'" in out, out
+    assert "dist.all_reduce on the fastallreduce backend" in out and "2 ranks: out of bounds values" in out, out
+    assert "#wrong, all rows): 0 OK" in out, out
+    doc = json.loads((tmp_path / "allreduce_bw.json").read_text())
+    (run,) = doc["runs"]
+    assert run["nranks"] == 2 and doc["config"]["launcher"] == "torchrun", doc["config"]
+    assert set(run["results"]) == {"gloo", "auto", "backend"}, run
+    for name, rows in run["results"].items():
+        assert [r["size"] for r in rows] == [8, 64, 512, 4096], (name, rows)
+        for r in rows:
+            assert r["oop"]["wrong"] == 0 and r["ip"]["wrong"] == 0, (name, r)
+            assert len(r["ip"]["iter_times_us"]) == 2, (name, r)
+    assert all(r["ip"]["time_vs_communicator"] > 0 for r in run["results"]["backend"])

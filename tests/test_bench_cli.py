@@ -75,13 +75,17 @@ def test_sizes():
 
 # --- the tools end to end -----------------------------------------------------------------------
 def test_allreduce_bw_tiny(tmp_path):
+    # Every default algorithm, and dist.all_reduce on a fastallreduce-backend group made beside
+    # the ranks' default gloo group.
     out = _run(["bench", "allreduce", "-n", "2", "-b", "8", "-e", "64K", "-f", "8", "-w", "1", "-i", "2",
-                "--out", str(tmp_path), "--no-progress"], timeout=180)
+                "-a", bw.DEFAULT_ALGORITHMS + "," + bw.BACKEND, "--out", str(tmp_path), "--no-progress"], timeout=180)
     doc = json.loads((tmp_path / "allreduce_bw.json").read_text())
     assert (tmp_path / "allreduce_bw.png").stat().st_size > 1000
     (run,) = doc["runs"]
     assert run["nranks"] == 2
-    assert {"gloo", "ring", "halving_doubling"} <= set(run["results"]), run
+    assert {"gloo", "ring", "halving_doubling", "auto", bw.BACKEND} <= set(run["results"]), run
+    assert all(r["ip"]["time_vs_communicator"] > 0 for r in run["results"][bw.BACKEND])
+    assert "dist.all_reduce on the fastallreduce backend" in out
     for name, rows in run["results"].items():
         assert [r["size"] for r in rows] == [8, 64, 512, 4096, 32768, 65536][: len(rows)]
         assert len(rows) == 5  # 8 B .. 32 KiB by 8 (64 KiB is not reached: 8 * 8^5 > 64 Ki)
@@ -94,6 +98,20 @@ def test_allreduce_bw_tiny(tmp_path):
     for name, why in run["skipped"].items():  # e.g. shm before it lands: skipped with a reason
         assert why
     assert "#wrong" in out and "busbw" in out and "OK" in out
+
+
+def test_ddp_step_tiny(tmp_path):
+    # One step of every mode at one bucket size: the rows and the table, not the timings.
+    from fastallreduce.bench import ddp_step
+
+    out = _run(["bench", "ddp", "--steps", "1", "--warmup", "0", "--rounds", "1", "--buckets", "1",
+                "--batch", "4", "--json", str(tmp_path / "ddp_step.json")], timeout=300)
+    rows = json.loads((tmp_path / "ddp_step.json").read_text())
+    assert [r["mode"] for r in rows] == list(ddp_step.MODES), rows
+    assert all(r["step_ms"] > 0 and r["steps"] == 1 for r in rows), rows
+    far_row = next(r for r in rows if r["mode"] == "ddp_far")
+    assert far_row["bucket_mb"] == 1.0 and "comm_overhead_vs_ddp" in far_row, far_row
+    assert "| DDP default reducer on the fastallreduce backend | 1.0 |" in out, out
 
 
 def test_bench_all_writes_report(tmp_path):

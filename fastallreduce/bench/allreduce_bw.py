@@ -4,8 +4,14 @@
 
 For each world size it starts that many local rank processes (:class:`~fastallreduce.launch.RankPool`,
 gloo on loopback) and, in the same processes and for every size, measures torch.distributed's
-``all_reduce`` on the default (gloo) group — the reference — and each requested fastallreduce
-algorithm, out of place (``out=``) and in place.
+``all_reduce`` on a gloo group — the reference — and each requested fastallreduce algorithm, out of
+place (``out=``) and in place. ``-a ...,backend`` adds ``torch.distributed.all_reduce`` on a group of
+the "fastallreduce" torch.distributed backend (compared with the Communicator's ``auto``).
+
+Launched by torchrun (RANK, WORLD_SIZE, MASTER_ADDR set), it runs on the launched ranks instead of
+starting its own: they join with ``init_process_group(--dist-backend)`` and rank 0 prints::
+
+    python -m torch.distributed.run --nproc-per-node 2 -m fastallreduce bench allreduce --dist-backend fastallreduce
 
 Columns, as in nccl-tests: size (bytes), count (elements), type, redop; then for out-of-place and
 in-place: time (µs), algbw = size / time (GB/s), busbw = algbw · 2(p−1)/p (GB/s), #wrong. The time
@@ -24,13 +30,16 @@ one panel per world size) in the output directory, a progress bar on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
-from typing import Any, Optional, Sequence
+from datetime import timedelta
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 
+from ..launch import LaunchedRanks, RankPool, launched_by_torchrun
 from .output import save_outputs
 
 # Defaults: the README's main job runs this with no arguments; it must finish in a few minutes on
@@ -38,7 +47,7 @@ from .output import save_outputs
 DEFAULT_BEGIN = "4K"
 DEFAULT_END = "256M"
 DEFAULT_FACTOR = 4
-DEFAULT_NRANKS = "2"
+DEFAULT_NRANKS = 2
 DEFAULT_WARMUP = 3
 DEFAULT_ITERS = 10
 DEFAULT_ALGORITHMS = "auto,ring,halving_doubling,shm,hierarchical"
@@ -51,6 +60,10 @@ DTYPES = {
 }
 OPS = ("sum", "avg", "product", "max", "min")
 REFERENCE = "gloo"
+#: The implementation that times ``torch.distributed.all_reduce`` on a fastallreduce-backend group.
+BACKEND = "backend"
+#: Implementations timed through torch.distributed.all_reduce (no out= form; gloo has no AVG).
+DIST_IMPLS = (REFERENCE, BACKEND)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"largest message size (default {DEFAULT_END})")
     p.add_argument("-f", "--stepfactor", type=int, default=DEFAULT_FACTOR,
                    help=f"multiply the size by this factor each step (default {DEFAULT_FACTOR})")
-    p.add_argument("-n", "--nranks", type=_int_list, default=_int_list(DEFAULT_NRANKS),
-                   help="world size(s), comma-separated, run one after the other (default 2; e.g. 2,4,8)")
+    p.add_argument("-n", "--nranks", type=_int_list, default=None,
+                   help=f"world size(s), comma-separated, run one after the other (default {DEFAULT_NRANKS}; "
+                        "e.g. 2,4,8); under torchrun: the launched world size")
     p.add_argument("-w", "--warmup_iters", type=int, default=DEFAULT_WARMUP,
                    help=f"untimed iterations per size and mode (default {DEFAULT_WARMUP})")
     p.add_argument("-i", "--iters", type=int, default=DEFAULT_ITERS,
@@ -112,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--check", type=int, default=1, choices=(0, 1),
                    help="1: check every iteration (default); 0: check one extra iteration after the timed ones")
     p.add_argument("-a", "--algorithms", default=DEFAULT_ALGORITHMS,
-                   help="comma-separated fastallreduce algorithms; ones that this build cannot run are skipped "
+                   help="comma-separated fastallreduce algorithms, and/or 'backend' (torch.distributed.all_reduce "
+                        "on a group of the fastallreduce backend); ones that this build cannot run are skipped "
                         f"with a note (default {DEFAULT_ALGORITHMS})")
+    p.add_argument("--dist-backend", default="gloo",
+                   help="torch.distributed backend of the ranks' default group, e.g. fastallreduce (default gloo); "
+                        "the reference is measured on a gloo group either way")
     p.add_argument("--hosts", type=int, default=0,
                    help="split the ranks into this many simulated hosts (consecutive blocks) for fastallreduce's "
                         "topology, e.g. to measure 'hierarchical' on one machine (default 0: the real topology)")
@@ -123,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--timeout", type=float, default=600.0,
-                   help="seconds one size of one implementation may take before the run is aborted")
+                   help="seconds one size of one implementation may take before the run is aborted "
+                        "(under torchrun: the process group's timeout)")
     return p
 
 
@@ -214,17 +233,43 @@ def count_wrong(result: torch.Tensor, expected: torch.Tensor, op: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # code that runs on the ranks (module-level so that spawned processes can unpickle it)
 # ---------------------------------------------------------------------------------------------
-_state: dict[str, Any] = {"comms": {}, "bufs": None}
+# comms: algorithm -> Communicator; groups: implementation in DIST_IMPLS -> its process group;
+# bufs: the current size's buffers.
+_state: dict[str, Any] = {"comms": {}, "groups": {}, "bufs": None}
 
 
-def _gloo_allreduce(t: torch.Tensor, op: str) -> None:
+def _harness_group() -> "torch.distributed.ProcessGroup":
+    """The gloo group over all ranks: gloo's reference and the barriers between measurements.
+
+    The default group when it is gloo, else one made once (collectively) and reused: the
+    harness's own synchronisation then never depends on the backend being measured.
+    """
+    from ..backend import world_group
+
+    return world_group("gloo")
+
+
+def _dist_group(impl: str) -> "torch.distributed.ProcessGroup":
+    """The process group ``impl`` (gloo or the fastallreduce backend) all_reduces on; collective on first use."""
+    from ..backend import BACKEND_NAME, world_group
+
+    g = _state["groups"].get(impl)
+    if g is None:
+        g = _harness_group() if impl == REFERENCE else world_group(BACKEND_NAME)
+        _state["groups"][impl] = g
+    return g
+
+
+def _dist_allreduce(t: torch.Tensor, op: str, impl: str) -> None:
+    """``torch.distributed.all_reduce(t)`` in place on ``impl``'s group (see :func:`_dist_group`)."""
     import torch.distributed as dist
 
-    if op == "avg":  # gloo has no AVG: sum, then divide (part of the timed work)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    group = _state["groups"][impl]
+    if op == "avg" and impl == REFERENCE:  # gloo has no AVG: sum, then divide (part of the timed work)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
         t.div_(dist.get_world_size())
         return
-    dist.all_reduce(t, op=getattr(dist.ReduceOp, op.upper()))
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op.upper()), group=group)
 
 
 def _rank_setup(impls: list[str], dtype_name: str, op: str, hosts: int = 0) -> dict[str, Optional[str]]:
@@ -233,6 +278,7 @@ def _rank_setup(impls: list[str], dtype_name: str, op: str, hosts: int = 0) -> d
     ``hosts`` > 0 splits the ranks into that many simulated hosts (consecutive blocks) for
     fastallreduce's topology, so that the hierarchical path can be measured on one machine.
     Returns impl -> None when usable, or the reason it is not (NotImplementedError, ValueError...).
+    Every rank runs it with the same ``impls``: the groups it makes are made in the same order.
     """
     import torch.distributed as dist
 
@@ -240,12 +286,14 @@ def _rank_setup(impls: list[str], dtype_name: str, op: str, hosts: int = 0) -> d
 
     dtype = DTYPES[dtype_name]
     rank, world = dist.get_rank(), dist.get_world_size()
+    _harness_group()  # first, so that it exists even with --no-reference (barriers)
     status: dict[str, Optional[str]] = {}
     for name in impls:
         x = make_input(rank, 2 * world + 1, dtype, op)
         try:
-            if name == REFERENCE:
-                _gloo_allreduce(x, op)
+            if name in DIST_IMPLS:
+                _dist_group(name)
+                _dist_allreduce(x, op, name)
             else:
                 c = _state["comms"].get(name)
                 if c is None:
@@ -287,7 +335,7 @@ def _rank_measure(impl: str, count: int, dtype_name: str, op: str, warmup: int, 
     dtype = DTYPES[dtype_name]
     b = _buffers(count, dtype, op)
     inp, work, expected = b["inp"], b["work"], b["expected"]
-    comm = None if impl == REFERENCE else _state["comms"][impl]
+    comm = None if impl in DIST_IMPLS else _state["comms"][impl]
     result: dict[str, Any] = {}
     for mode in ("oop", "ip"):
         def once() -> float:
@@ -297,7 +345,7 @@ def _rank_measure(impl: str, count: int, dtype_name: str, op: str, warmup: int, 
             if comm is None:
                 if mode == "oop":  # torch.distributed has no out-of-place all_reduce: copy, then reduce
                     work.copy_(inp)
-                _gloo_allreduce(work, op)
+                _dist_allreduce(work, op, impl)
             elif mode == "oop":
                 comm.allreduce(inp, op=op, out=work)
             else:
@@ -309,7 +357,7 @@ def _rank_measure(impl: str, count: int, dtype_name: str, op: str, warmup: int, 
             once()
             if check_every:
                 wrong += count_wrong(work, expected, op)
-        dist.barrier()
+        dist.barrier(group=_harness_group())
         times = []
         for _ in range(iters):
             times.append(once())
@@ -333,6 +381,9 @@ def _rank_teardown() -> None:
         except Exception:  # noqa: BLE001 - teardown is best effort
             pass
     _state["comms"].clear()
+    # The groups stay alive (fastallreduce.backend.world_group caches them): making them again
+    # would be another collective set-up for nothing.
+    _state["groups"].clear()
     _state["bufs"] = None
 
 
@@ -359,8 +410,25 @@ def _summarise(per_rank: list[dict], nbytes: int, world: int) -> dict[str, Any]:
     return out
 
 
-def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
-    """Runs the benchmark described by ``args`` (see :func:`build_parser`); returns the JSON document."""
+Ranks = Union[RankPool, LaunchedRanks]
+
+
+def _world_sizes(args: argparse.Namespace, launched: Optional[LaunchedRanks]) -> list[int]:
+    """The world sizes to run: ``-n`` (default 2), or the launched world (``-n`` must then agree)."""
+    if launched is None:
+        return args.nranks or [DEFAULT_NRANKS]
+    if args.nranks and args.nranks != [launched.world]:
+        raise SystemExit(f"launched with {launched.world} ranks (WORLD_SIZE); -n {','.join(map(str, args.nranks))} "
+                         "cannot be run by these processes: leave -n out or match it")
+    return [launched.world]
+
+
+def run(args: argparse.Namespace, log=print, launched: Optional[LaunchedRanks] = None) -> dict[str, Any]:
+    """Runs the benchmark described by ``args`` (see :func:`build_parser`); returns the JSON document.
+
+    The ranks are local processes started per world size, or, with ``launched`` (on its rank 0),
+    the ranks of an already launched job (torchrun; see :func:`main`).
+    """
     from . import machine
 
     dtype = DTYPES[args.datatype]
@@ -377,13 +445,15 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
             counts.append(c)
     algos = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     impls = ([] if args.no_reference else [REFERENCE]) + algos
+    nranks = _world_sizes(args, launched)
 
     copy_bw = machine.copy_bandwidth(nbytes=min(256 * 2**20, max(64 * 2**20, 2 * sizes[-1])), threads=1)
     doc: dict[str, Any] = {
         "tool": "allreduce_bw",
         "config": {"sizes": [c * elsize for c in counts], "counts": counts, "dtype": args.datatype,
-                   "op": args.op, "warmup": args.warmup_iters, "iters": args.iters, "nranks": args.nranks,
-                   "algorithms": algos, "simulated_hosts": args.hosts,
+                   "op": args.op, "warmup": args.warmup_iters, "iters": args.iters, "nranks": nranks,
+                   "algorithms": algos, "simulated_hosts": args.hosts, "dist_backend": args.dist_backend,
+                   "launcher": "torchrun" if launched is not None else "spawned local ranks",
                    "reference": None if args.no_reference else REFERENCE,
                    "check": "every iteration" if args.check else "one extra iteration after the timed ones",
                    "copy_GBps": copy_bw["GBps"]},
@@ -399,7 +469,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
     args.copy_GBps = copy_bw["GBps"]
     progress = None
-    total = len(args.nranks) * len(counts) * len(impls)
+    total = len(nranks) * len(counts) * len(impls)
     if not args.no_progress:
         try:
             from tqdm import tqdm
@@ -408,8 +478,8 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         except ImportError:
             progress = None
     try:
-        for world in args.nranks:
-            doc["runs"].append(_run_world(world, impls, counts, elsize, args, progress, log))
+        for world in nranks:
+            doc["runs"].append(_run_world(world, impls, counts, elsize, args, progress, log, launched))
     finally:
         if progress is not None:
             progress.close()
@@ -420,15 +490,28 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     return doc
 
 
-def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, args: argparse.Namespace,
-               progress, log) -> dict[str, Any]:
-    from ..launch import RankPool
+@contextlib.contextmanager
+def _ranks(world: int, args: argparse.Namespace, launched: Optional[LaunchedRanks]) -> Iterator[Ranks]:
+    """The ranks to measure on: the launched job's, or ``world`` local processes started for it."""
+    if launched is not None:
+        yield launched  # closed by whoever launched it, after the whole run
+        return
+    # One thread per rank: ranks share the cores; fastallreduce sizes its own kernel threads.
+    with RankPool(world, threads=1, start_timeout=300.0, pg_timeout_s=_pg_timeout_s(args),
+                  backend=args.dist_backend) as pool:
+        yield pool
 
+
+def _pg_timeout_s(args: argparse.Namespace) -> float:
+    return max(120.0, args.timeout)
+
+
+def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, args: argparse.Namespace,
+               progress, log, launched: Optional[LaunchedRanks] = None) -> dict[str, Any]:
     if progress is not None:
         progress.set_description(f"allreduce_bw {world} ranks: starting")
     run_: dict[str, Any] = {"nranks": world, "skipped": {}, "notes": [], "results": {}}
-    # One thread per rank: ranks share the cores; fastallreduce sizes its own kernel threads.
-    with RankPool(world, threads=1, start_timeout=300.0, pg_timeout_s=max(120.0, args.timeout)) as pool:
+    with _ranks(world, args, launched) as pool:
         status_per_rank = pool.run(_rank_setup, impls, args.datatype, args.op, args.hosts, timeout=args.timeout)
         usable = []
         for name in impls:
@@ -466,13 +549,25 @@ def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, arg
             for row, rrow in zip(rows, ref):
                 for mode in ("oop", "ip"):
                     row[mode]["ratio_vs_gloo"] = rrow[mode]["time_us"] / row[mode]["time_us"]
+    comm = run_["results"].get("auto")
+    if comm and BACKEND in run_["results"]:
+        # What going through torch.distributed costs over calling the Communicator directly: in
+        # place only (torch.distributed's out-of-place is a copy plus the in-place call).
+        for row, crow in zip(run_["results"][BACKEND], comm):
+            row["ip"]["time_vs_communicator"] = row["ip"]["time_us"] / crow["ip"]["time_us"]
     if args.op == "avg" and REFERENCE in run_["results"]:
         run_["notes"].append("gloo has no AVG: its avg is all_reduce(SUM) followed by a division, both timed")
     if args.hosts:
         run_["notes"].append(f"fastallreduce sees {args.hosts} simulated hosts (consecutive blocks of ranks); "
-                             "all ranks really share this machine")
-    if REFERENCE in run_["results"]:
-        run_["notes"].append("gloo out-of-place = copy the input into the output, then all_reduce in place (timed)")
+                             "all ranks really share this machine"
+                             + (" (the backend's engine sees the real topology)" if BACKEND in impls else ""))
+    dist_measured = [n for n in DIST_IMPLS if n in run_["results"]]
+    if dist_measured:
+        run_["notes"].append(f"{' and '.join(dist_measured)} out-of-place = copy the input into the output, "
+                             "then all_reduce in place (timed)")
+    if launched is not None or args.dist_backend != "gloo":
+        run_["notes"].append(f"ranks: {'launched by torchrun' if launched is not None else 'spawned'}, default "
+                             f"process group on backend {args.dist_backend!r}")
     return run_
 
 
@@ -487,6 +582,15 @@ def _fmt_time(us: float) -> str:
     return f"{us:10.1f}" if us < 1e6 else f"{us:10.0f}"
 
 
+def _title(name: str) -> str:
+    """The heading of an implementation's table."""
+    if name == REFERENCE:
+        return "torch.distributed gloo (reference)"
+    if name == BACKEND:
+        return "dist.all_reduce on the fastallreduce backend"
+    return f"fastallreduce algorithm={name}"
+
+
 def format_tables(run_: dict[str, Any], config: dict[str, Any]) -> str:
     """The nccl-tests-style tables of one world size: one block per implementation."""
     world = run_["nranks"]
@@ -499,10 +603,15 @@ def format_tables(run_: dict[str, Any], config: dict[str, Any]) -> str:
     has_ref = REFERENCE in run_["results"]
     for name, rows in run_["results"].items():
         is_ref = name == REFERENCE
-        title = "torch.distributed gloo (reference)" if is_ref else f"fastallreduce algorithm={name}"
+        title = _title(name)
         extra_h1 = "" if is_ref or not has_ref else "   gloo/ours"
         extra_h2 = "" if is_ref or not has_ref else "    oop    ip"
         show_algo = name == "auto"
+        # The backend against the Communicator it wraps (auto): its time / the Communicator's, in place.
+        vs_comm = bool(rows) and "time_vs_communicator" in rows[0]["ip"]
+        if vs_comm:
+            extra_h1 += " time/auto"
+            extra_h2 += "        ip"
         lines.append("#")
         lines.append(f"# {title}")
         lines.append("#" + " " * 43 + "out-of-place" + " " * 26 + "in-place" + " " * 14 + extra_h1)
@@ -520,6 +629,8 @@ def format_tables(run_: dict[str, Any], config: dict[str, Any]) -> str:
                     f" {_fmt_time(i['time_us'])} {_fmt_bw(i['algbw_GBps'])} {_fmt_bw(i['busbw_GBps'])} {i['wrong']:>6}")
             if not is_ref and has_ref:
                 line += f" {o['ratio_vs_gloo']:6.2f} {i['ratio_vs_gloo']:5.2f}"
+            if vs_comm:
+                line += f" {i['time_vs_communicator']:9.3f}"
             if show_algo:
                 line += f"  {i.get('algorithm', '?')}"
             lines.append(line)
@@ -551,7 +662,8 @@ def plot(doc: dict[str, Any], path: str) -> None:
         for k, (name, rows) in enumerate(run_["results"].items()):
             xs = [r["size"] for r in rows]
             color = "black" if name == REFERENCE else f"C{k}"
-            label = "gloo (torch.distributed)" if name == REFERENCE else name
+            label = {REFERENCE: "gloo (torch.distributed)", BACKEND: "dist.all_reduce (fastallreduce backend)"}.get(
+                name, name)
             ax.plot(xs, [r["ip"]["busbw_GBps"] for r in rows], "-o", ms=3, color=color, label=f"{label} in-place")
             ax.plot(xs, [r["oop"]["busbw_GBps"] for r in rows], "--", color=color, alpha=0.6,
                     label=f"{label} out-of-place")
@@ -569,13 +681,38 @@ def plot(doc: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def total_wrong(doc: dict[str, Any]) -> int:
+    """#wrong summed over every world size, implementation, size and mode of a run's document."""
+    return sum(r[m]["wrong"] for run_ in doc["runs"] for rows in run_["results"].values()
+               for r in rows for m in ("oop", "ip"))
+
+
+def _main_launched(args: argparse.Namespace) -> int:
+    """Under torchrun: join the launched ranks; rank 0 drives the run and prints, the others serve it."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # as the spawned ranks: the ranks share the cores
+    dist.init_process_group(args.dist_backend, timeout=timedelta(seconds=_pg_timeout_s(args)))
+    try:
+        with LaunchedRanks() as ranks:
+            if not ranks.is_driver:
+                ranks.serve()
+                return 0
+            return 0 if total_wrong(run(args, launched=ranks)) == 0 else 1
+    finally:
+        dist.destroy_process_group()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns 0 when every checked result was right, 1 otherwise."""
+    """Command-line entry point; returns 0 when every checked result was right, 1 otherwise.
+
+    Started by torchrun (RANK, WORLD_SIZE and MASTER_ADDR set), it runs on the launched ranks;
+    otherwise it starts local rank processes for each world size of ``-n``.
+    """
     args = build_parser().parse_args(argv)
-    doc = run(args)
-    wrong = sum(r[m]["wrong"] for run_ in doc["runs"] for rows in run_["results"].values()
-                for r in rows for m in ("oop", "ip"))
-    return 0 if wrong == 0 else 1
+    if launched_by_torchrun():
+        return _main_launched(args)
+    return 0 if total_wrong(run(args)) == 0 else 1
 
 
 if __name__ == "__main__":
