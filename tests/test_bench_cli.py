@@ -105,9 +105,11 @@ def test_ddp_step_tiny(tmp_path):
     from fastallreduce.bench import ddp_step
 
     out = _run(["bench", "ddp", "--steps", "1", "--warmup", "0", "--rounds", "1", "--buckets", "1",
-                "--batch", "4", "--json", str(tmp_path / "ddp_step.json")], timeout=300)
+                "--batch", "4", "--machinery", "--gradient-as-bucket-view",
+                "--json", str(tmp_path / "ddp_step.json")], timeout=300)
     rows = json.loads((tmp_path / "ddp_step.json").read_text())
-    assert [r["mode"] for r in rows] == list(ddp_step.MODES), rows
+    assert [r["mode"] for r in rows] == list(ddp_step.MODES) + [ddp_step.MACHINERY], rows
+    assert all(r["gradient_as_bucket_view"] for r in rows), rows
     assert all(r["step_ms"] > 0 and r["steps"] == 1 for r in rows), rows
     far_row = next(r for r in rows if r["mode"] == "ddp_far")
     assert far_row["bucket_mb"] == 1.0 and "comm_overhead_vs_ddp" in far_row, far_row

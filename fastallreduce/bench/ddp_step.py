@@ -22,6 +22,15 @@ from ..models import BasicBlock
 #: Measured modes, in the order of each round: no communication; DDP's default reducer on gloo (the
 #: default group); the same reducer on a fastallreduce-backend group; DDP with the fastallreduce hook.
 MODES = ("nocomm", "ddp", "ddp_far", "hook")
+#: Extra mode with --machinery: DDP with a hook that returns the bucket untouched, i.e. what DDP's
+#: own bucketing costs without any communication (the floor under every DDP mode).
+MACHINERY = "ddp_noop"
+
+
+def _noop_hook(state, bucket):  # no annotations: this module's are strings, DDP checks them by identity
+    fut = torch.futures.Future()
+    fut.set_result(bucket.buffer())
+    return fut
 
 
 def resnet18_cifar(widths=(32, 64, 128, 256), classes: int = 10) -> nn.Module:
@@ -36,7 +45,7 @@ def resnet18_cifar(widths=(32, 64, 128, 256), classes: int = 10) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _rank_run(mode: str, bucket_mb: float, steps: int, warmup: int, batch: int) -> dict:
+def _rank_run(mode: str, bucket_mb: float, steps: int, warmup: int, batch: int, as_view: bool = False) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -52,9 +61,11 @@ def _rank_run(mode: str, bucket_mb: float, steps: int, warmup: int, batch: int) 
         # on the first such round, collectively -- every rank runs the same configs in the same
         # order -- and reused by later rounds).
         group = far.backend.world_group() if mode == "ddp_far" else None
-        net = DDP(model, bucket_cap_mb=bucket_mb, process_group=group)
+        net = DDP(model, bucket_cap_mb=bucket_mb, process_group=group, gradient_as_bucket_view=as_view)
         if mode == "hook":
             state = far.ddp.register(net)
+        elif mode == MACHINERY:
+            net.register_comm_hook(None, _noop_hook)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator().manual_seed(dist.get_rank())
     x = torch.randn(batch, 3, 32, 32, generator=g)
@@ -78,19 +89,24 @@ def _rank_run(mode: str, bucket_mb: float, steps: int, warmup: int, batch: int) 
 
 
 def run(world: int = 2, steps: int = 10, warmup: int = 3, bucket_mbs=(25.0, 1.0), batch: int = 32,
-        pool: Optional[RankPool] = None, rounds: int = 3) -> list[dict]:
-    """Measures every mode in one run on the same processes; returns one row per (mode, bucket)."""
+        pool: Optional[RankPool] = None, rounds: int = 3, gradient_as_bucket_view: bool = False,
+        machinery: bool = False) -> list[dict]:
+    """Measures every mode in one run on the same processes; returns one row per (mode, bucket).
+
+    ``gradient_as_bucket_view`` is passed to every DDP; ``machinery`` adds the ``ddp_noop`` mode.
+    """
     own = pool is None
     pool = pool or RankPool(world, threads=1)
     rows = []
-    configs = [("nocomm", 0.0)] + [(m, b) for b in bucket_mbs for m in MODES[1:]]
+    modes = MODES[1:] + ((MACHINERY,) if machinery else ())
+    configs = [("nocomm", 0.0)] + [(m, b) for b in bucket_mbs for m in modes]
     samples: dict = {c: ([], [], 0) for c in configs}
     try:
         # Interleave the modes over several rounds so that drift in a shared machine's load
         # hits them all alike.
         for _ in range(rounds):
             for mode, b in configs:
-                res = pool.run(_rank_run, mode, b, steps, warmup, batch, timeout=1800)
+                res = pool.run(_rank_run, mode, b, steps, warmup, batch, gradient_as_bucket_view, timeout=1800)
                 n = len(res[0]["times"])
                 samples[(mode, b)][0].extend(max(r["times"][i] for r in res) for i in range(n))
                 if res[0]["exposed"]:
@@ -102,7 +118,8 @@ def run(world: int = 2, steps: int = 10, warmup: int = 3, bucket_mbs=(25.0, 1.0)
     for (mode, b), (times, exposed, params) in samples.items():
         rows.append({"mode": mode, "bucket_mb": b, "step_ms": statistics.median(times) * 1e3,
                      "exposed_ms": statistics.median(exposed) * 1e3 if exposed else None,
-                     "steps": len(times), "params": params, "world": world, "batch_per_rank": batch})
+                     "steps": len(times), "params": params, "world": world, "batch_per_rank": batch,
+                     "gradient_as_bucket_view": gradient_as_bucket_view})
     base = rows[0]["step_ms"]
     ddp_ms = {r["bucket_mb"]: r["step_ms"] for r in rows if r["mode"] == "ddp"}
     for r in rows:
@@ -122,7 +139,8 @@ def format_table(rows: list[dict]) -> str:
     lines = ["| mode | bucket MB | step ms (median) | exposed comm ms | overhead vs DDP's | goal ms |",
              "|---|---|---|---|---|---|"]
     names = {"nocomm": "no communication", "ddp": "DDP default (gloo)",
-             "ddp_far": "DDP default reducer on the fastallreduce backend", "hook": "DDP + fastallreduce hook"}
+             "ddp_far": "DDP default reducer on the fastallreduce backend", "hook": "DDP + fastallreduce hook",
+             MACHINERY: "DDP + no-op hook (DDP's own cost, no communication)"}
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
@@ -142,8 +160,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every mode")
     ap.add_argument("--buckets", default="25,1", help="bucket sizes in MB, comma separated")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--gradient-as-bucket-view", action="store_true",
+                    help="DDP(gradient_as_bucket_view=True) in every DDP mode (no gradient copies into and out of buckets)")
+    ap.add_argument("--machinery", action="store_true",
+                    help="also measure DDP with a no-op hook: DDP's own bucketing cost without communication")
     a = ap.parse_args(argv)
-    rows = run(a.world, a.steps, a.warmup, tuple(float(b) for b in a.buckets.split(",")), a.batch, rounds=a.rounds)
+    rows = run(a.world, a.steps, a.warmup, tuple(float(b) for b in a.buckets.split(",")), a.batch, rounds=a.rounds,
+               gradient_as_bucket_view=a.gradient_as_bucket_view, machinery=a.machinery)
     print(format_table(rows))
     if a.json:
         with open(a.json, "w") as f:
