@@ -10,9 +10,11 @@ user's own calls) on the fastallreduce engine::
 
 Allreduce of a dense contiguous CPU tensor with SUM, AVG, PRODUCT, MAX or MIN on a dtype the engine
 supports runs on the engine (AVG on integer dtypes raises TypeError). Everything else -- the other
-collectives, point-to-point, barrier's Gloo half, and allreduce of other dtypes / ops / devices /
+collectives, point-to-point, monitored_barrier, and allreduce of other dtypes / ops / devices /
 layouts -- goes to an internal Gloo backend created from the same store, so nothing a torch user
-calls is missing and those calls behave (and fail) exactly as on Gloo.
+calls is missing and those calls behave (and fail) exactly as on Gloo. ``barrier`` waits for this
+rank's delegated work, then runs a 1-byte engine collective (FIFO after queued allreduces); unlike
+Gloo's barrier it never re-raises an earlier op's error.
 
 Environment: ``FASTALLREDUCE_BACKEND_ALGORITHM`` (``auto``, ``ring``, ``halving_doubling``) picks
 the engine algorithm of every allreduce (default ``auto``: the cost model).
