@@ -92,3 +92,15 @@ def test_shm_chunking_across_slots():
         res = p.run(dc.run_cases, cases, timeout=300)
     _check(res, cases, 3)
     assert {res[0][i][2] for i in range(len(cases))} == {"shm"}
+
+
+def test_shm_oneshot_threshold_two_ranks(pool):
+    """Two local ranks take the one-shot path up to twice FASTALLREDUCE_SHM_ONESHOT_BYTES: both sides
+    of that edge (and of the default one) are exact, in and out of place, sync and async."""
+    cases = [("shm", n, dt, op, 90 + i, i % 2 == 0, "int", i % 3 == 2)
+             for i, (n, dt, op) in enumerate([(8_192, "float32", "sum"), (8_193, "float32", "avg"),
+                                               (16_384, "float32", "sum"), (16_385, "float32", "max"),
+                                               (32_768, "bfloat16", "sum"), (32_769, "float16", "sum"),
+                                               (8_192, "float64", "min"), (8_193, "int64", "sum")])]
+    res = pool(2).run(dc.run_cases, cases, timeout=300)
+    _check(res, cases, 2)
