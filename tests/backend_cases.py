@@ -235,6 +235,26 @@ def barrier_orders_after_async_allreduce(k: int) -> Optional[dict]:
     return {"done_at_barrier": done, "ok": all(torch.equal(t, torch.full_like(t, float(i * k))) for i, t in enumerate(ts))}
 
 
+def barrier_vs_allreduce_mismatch() -> Optional[dict]:
+    """Rank 0 enters a barrier while rank 1 calls all_reduce on a fresh 2-rank group: both raise
+    (the engine's header check), neither hangs."""
+    import time
+    setup_groups()
+    g = dist.new_group([0, 1], backend="fastallreduce", timeout=timedelta(seconds=30))  # every rank calls it
+    rank = dist.get_rank()
+    if rank > 1:
+        return None
+    t0 = time.monotonic()
+    try:
+        if rank == 0:
+            dist.barrier(group=g)
+        else:
+            dist.all_reduce(torch.ones(3), group=g)
+        return {"raised": None, "seconds": time.monotonic() - t0}
+    except Exception as e:  # noqa: BLE001
+        return {"raised": type(e).__name__, "msg": str(e)[:300], "seconds": time.monotonic() - t0}
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)

@@ -82,6 +82,13 @@ def test_barrier_waits_for_queued_allreduces(fpool):
         assert r["ok"] and all(r["done_at_barrier"]), res
 
 
+def test_barrier_mismatched_with_allreduce_raises_everywhere(fpool):
+    res = fpool.run(bc.barrier_vs_allreduce_mismatch, timeout=120)
+    for r in res[:2]:
+        assert r["raised"] == "DistBackendError" and "MismatchError" in r["msg"], res
+        assert r["seconds"] < 20, res
+
+
 def test_ddp_parity_with_gloo(fpool):
     res = fpool.run(bc.ddp_parity, 12, timeout=180)
     for r in res[:2]:
