@@ -65,7 +65,7 @@ void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const S
   // only 2N, so the threshold doubles (64 KiB: 14-18 us one-shot against 19-81 us, run to run,
   // with reduce-scatter/allgather here; at 8 ranks one-shot at 64 KiB was slower).
   const size_t oneshot_limit = L == 2 ? 2 * o.oneshot_bytes : o.oneshot_bytes;
-  const bool oneshot = stage == nullptr && job.count * es <= oneshot_limit;
+  const bool oneshot = stage == nullptr && bytes <= oneshot_limit;
   // With a stage, the local reduction is a plain sum; the stage applies avg's division once.
   const RedOp local_op = (stage && job.op == RedOp::kAvg) ? RedOp::kSum : job.op;
   const int local_div = stage ? 1 : job.divisor;
