@@ -119,6 +119,27 @@ def close_with_queued_ops():
     return vals, closed
 
 
+def drop_with_op_in_flight():
+    """Rank 0 drops its last reference to a Communicator (and to the tensor and future of an async
+    allreduce still waiting for rank 1) while holding the GIL, as a Python frame teardown does.
+
+    The destructor joins the worker thread, which must drop the op's tensor (a Python object)
+    and so needs the GIL: deleting with the GIL held deadlocked (found in the DDP suite).
+    """
+    c = far.Communicator(timeout=timedelta(seconds=20))
+    if dist.get_rank() != 0:
+        time.sleep(3.0)  # never joins the op: rank 0's worker is still waiting when it is dropped
+        del c
+        return None
+    t = torch.ones(1 << 18)
+    fut = c.allreduce(t, async_op=True)
+    del fut, t
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    del c  # last reference: abandons the op, joins the worker
+    return time.monotonic() - t0
+
+
 def fork_child():
     c = far.Communicator()
     c.allreduce(torch.ones(4))

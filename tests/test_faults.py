@@ -82,6 +82,12 @@ def test_close_drains_queued_ops(pool):
         assert closed[0] == "ClosedError"
 
 
+def test_drop_communicator_with_op_in_flight(pool):
+    # Before the fix this never returned (deadlock between the GIL and the worker's join).
+    res = pool(2).run(fc.drop_with_op_in_flight, timeout=60)
+    assert res[0] < 10, res
+
+
 def test_forked_child_gets_a_clear_error(pool):
     assert pool(2).run(fc.fork_child) == [7, 7]
 

@@ -101,7 +101,19 @@ void bind(py::module& m) {
              topo.uniform = uniform;
              if (cross) topo.cross = *cross;
              py::gil_scoped_release nogil;
-             return std::make_shared<Communicator>(std::move(pg), std::move(store), std::move(cfg), std::move(topo));
+             // The last reference may drop on a thread that holds the GIL (a Python object's
+             // dealloc). Closing joins the worker thread, which may itself be waiting for the GIL
+             // to drop a finished future's tensor: release the GIL around the delete.
+             return std::shared_ptr<Communicator>(
+                 new Communicator(std::move(pg), std::move(store), std::move(cfg), std::move(topo)),
+                 [](Communicator* c) {
+                   if (Py_IsInitialized() && PyGILState_Check()) {
+                     py::gil_scoped_release release;
+                     delete c;
+                   } else {
+                     delete c;
+                   }
+                 });
            }),
            py::arg("pg"), py::arg("store"), py::arg("timeout_ms"), py::arg("chunk_bytes"), py::arg("window"),
            py::arg("threads"), py::arg("alpha_us"), py::arg("beta_gbps"), py::arg("name"), py::arg("local_rank"),
