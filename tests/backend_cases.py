@@ -235,6 +235,31 @@ def barrier_orders_after_async_allreduce(k: int) -> Optional[dict]:
     return {"done_at_barrier": done, "ok": all(torch.equal(t, torch.full_like(t, float(i * k))) for i, t in enumerate(ts))}
 
 
+def sync_work_contract(k: int) -> Optional[dict]:
+    """A synchronous call through the ProcessGroup API (asyncOp=False) returns a finished Work
+    that still honours the whole Work contract: result(), wait(), and a Future on demand."""
+    if not _member(k):
+        return None
+    g = _groups[k][0]
+    rank = dist.get_rank()
+    x = torch.arange(1001, dtype=torch.float32) + rank
+    opts = dist.AllreduceOptions()
+    opts.asyncOp = False
+    work = g.allreduce([x], opts)
+    out = {"completed": work.is_completed(), "success": work.is_success(), "exception": work.exception(),
+           "wait": work.wait(), "result_is_x": work.result()[0].data_ptr() == x.data_ptr()}
+    fut = work.get_future()
+    out["future_holds_x"] = fut.value()[0].data_ptr() == x.data_ptr()
+    out["future_done"] = fut.done()
+    out["then"] = fut.then(lambda f: float(f.value()[0].sum())).wait()
+    out["value_ok"] = torch.equal(fut.value()[0], (torch.arange(1001, dtype=torch.float32) * k + k * (k - 1) / 2))
+    bopts = dist.BarrierOptions()
+    bopts.asyncOp = False
+    bwork = g.barrier(bopts)
+    out["barrier_completed"] = bwork.is_completed() and bwork.wait() and bwork.get_future().done()
+    return out
+
+
 def barrier_vs_allreduce_mismatch() -> Optional[dict]:
     """Rank 0 enters a barrier while rank 1 calls all_reduce on a fresh 2-rank group: both raise
     (the engine's header check), neither hangs."""

@@ -82,6 +82,16 @@ def test_barrier_waits_for_queued_allreduces(fpool):
         assert r["ok"] and all(r["done_at_barrier"]), res
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_sync_work_contract(fpool, k):
+    res = fpool.run(bc.sync_work_contract, k, timeout=120)
+    total = sum(float(i) * k + k * (k - 1) / 2 for i in range(1001))
+    for r in res[:k]:
+        assert r == {"completed": True, "success": True, "exception": None, "wait": True, "result_is_x": True,
+                     "future_holds_x": True, "future_done": True, "then": total, "value_ok": True,
+                     "barrier_completed": True}, r
+
+
 def test_barrier_mismatched_with_allreduce_raises_everywhere(fpool):
     res = fpool.run(bc.barrier_vs_allreduce_mismatch, timeout=120)
     for r in res[:2]:

@@ -113,6 +113,17 @@ bool FutureWork::wait(std::chrono::milliseconds timeout) {
 
 c10::intrusive_ptr<Future> FutureWork::getFuture() { return fut_; }
 
+CompletedWork::CompletedWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs)
+    : c10d::Work(rank, type, title), outputs_(std::move(outputs)) {}
+
+c10::intrusive_ptr<Future> CompletedWork::getFuture() {
+  std::call_once(made_, [this] {
+    fut_ = c10::make_intrusive<Future>(c10::ListType::ofTensors());
+    fut_->markCompleted(c10::IValue(outputs_));
+  });
+  return fut_;
+}
+
 // ---- FastAllreduceBackend ------------------------------------------------------------------
 
 FastAllreduceBackend::FastAllreduceBackend(std::shared_ptr<Communicator> engine,
@@ -148,24 +159,25 @@ bool FastAllreduceBackend::on_engine(const std::vector<at::Tensor>& tensors,
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_allreduce(const at::Tensor& t, RedOp op,
                                                                       c10d::OpType type, const char* title,
                                                                       bool sync, bool count) {
-  // The engine gets a detached alias (same storage, no Python object): its worker thread drops
-  // its references without the GIL, which the caller's thread usually holds by then.
   Call call;
-  call.input = t.detach();
-  call.output = call.input;
   call.op = op;
   call.algo = algo_;
   c10::intrusive_ptr<Future> engine_fut;
   try {
     if (sync) {
-      // async_op=False: the caller waits at once, so run on its thread when nothing is queued
-      // (no hand-off to the worker and back); FIFO order is kept by the engine either way.
+      // async_op=False: the caller waits at once, so the engine runs it on this thread when
+      // nothing is queued (no hand-off to the worker and back; FIFO order holds either way).
+      // The caller keeps its tensor alive throughout, so no reference here is ever the last.
+      call.input = t;
+      call.output = t;
       engine_->run(std::move(call));
       if (count) engine_ops_.fetch_add(1, std::memory_order_relaxed);
-      auto done = c10::make_intrusive<Future>(c10::ListType::ofTensors());
-      done->markCompleted(c10::IValue(std::vector<at::Tensor>{t}));
-      return c10::make_intrusive<FutureWork>(done, rank_, type, title, std::vector<at::Tensor>{t});
+      return c10::make_intrusive<CompletedWork>(rank_, type, title, std::vector<at::Tensor>{t});
     }
+    // Async: a detached alias (same storage, no Python object), so that the worker thread drops
+    // its references without the GIL, which the caller's thread usually holds by then.
+    call.input = t.detach();
+    call.output = call.input;
     engine_fut = engine_->run_async(std::move(call));
   } catch (...) {
     std::rethrow_exception(as_dist_error(std::current_exception()));

@@ -32,6 +32,25 @@ class FutureWork : public c10d::Work {
   std::vector<at::Tensor> outputs_;
 };
 
+// A Work that had finished when it was returned (a synchronous engine op). Its Future is made
+// only if someone asks: the common dist.all_reduce(async_op=False) path then allocates no
+// Future, which matters because that path runs with caches cold from the collective itself.
+class CompletedWork : public c10d::Work {
+ public:
+  CompletedWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs);
+  bool isCompleted() override { return true; }
+  bool isSuccess() const override { return true; }
+  std::exception_ptr exception() const override { return nullptr; }
+  std::vector<at::Tensor> result() override { return outputs_; }
+  bool wait(std::chrono::milliseconds) override { return true; }
+  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override;
+
+ private:
+  std::vector<at::Tensor> outputs_;
+  std::once_flag made_;
+  c10::intrusive_ptr<c10::ivalue::Future> fut_;
+};
+
 class FastAllreduceBackend : public c10d::Backend {
  public:
   // `engine` runs the allreduces (its own process group and store); `delegate` (Gloo) runs the

@@ -167,12 +167,14 @@ void Communicator::run(Call call) {
       t = Task{};
       lk.lock();
       busy_ = false;
-      cv_.notify_all();
+      if (!queue_.empty()) cv_.notify_all();
       throw;
     }
-      lk.lock();
+    lk.lock();
     busy_ = false;
-    cv_.notify_all();  // the worker may be waiting for this op to finish
+    // Wake the worker only if an async op was queued meanwhile: a needless wake-up costs a
+    // context switch on a core the peer ranks are running on.
+    if (!queue_.empty()) cv_.notify_all();
     return;
   }
   auto fut = c10::make_intrusive<c10::ivalue::Future>(c10::TensorType::get());
@@ -212,7 +214,6 @@ void Communicator::worker_loop() {
     t = Task{};
     lk.lock();
     busy_ = false;
-    cv_.notify_all();
   }
 }
 
