@@ -15,7 +15,10 @@ synchronous calls. Methods, timed in one run on the same processes:
 
 Each method runs ``reps`` blocks of ``iters`` calls, interleaved round-robin so that drift hits
 them alike; every call is timed, and the table shows the median call time (the slowest rank's)
-and the backend relative to the Communicator. ``--world 1`` isolates the per-call overhead.
+and the backend relative to the Communicator. ``--world 1`` isolates the per-call overhead;
+``--flush-mib N`` copies an N MiB buffer before every timed call (untimed), so that the call runs
+with caches as cold as a collective of that size leaves them: ``--world 1 --flush-mib 2`` shows
+what torch's own per-call path costs after a 1 MiB allreduce.
 """
 from __future__ import annotations
 
@@ -82,10 +85,12 @@ def _setup(prototype: bool) -> None:
     _pin()  # after every thread exists
 
 
-def _bench(nbytes: int, reps: int, prototype: bool) -> dict:
+def _bench(nbytes: int, reps: int, prototype: bool, flush_mib: int = 0) -> dict:
     """Runs on every rank; returns {method: [seconds per call]}."""
     _setup(prototype)
     x = torch.ones(nbytes // 4)
+    flush_src = torch.ones(flush_mib << 18)
+    flush_dst = torch.empty_like(flush_src)
     comm = _state["comm"]
     methods = {"communicator": lambda: comm.allreduce(x)}
     if prototype:
@@ -104,6 +109,8 @@ def _bench(nbytes: int, reps: int, prototype: bool) -> dict:
         for name, fn in methods.items():
             dist.barrier(group=_state["gloo"])
             for _ in range(iters):
+                if flush_mib:
+                    flush_dst.copy_(flush_src)
                 t0 = time.perf_counter()
                 fn()
                 out[name].append(time.perf_counter() - t0)
@@ -114,18 +121,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=int, default=2)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--flush-mib", type=int, default=0,
+                    help="copy a buffer of this many MiB before every timed call (cold caches)")
     ap.add_argument("--python-prototype", action="store_true",
                     help="time the Python-subclass design instead of the C++ backend and gloo")
     args = ap.parse_args()
     print(f"# {args.world} ranks, float32 sum, torch {torch.__version__}, {os.cpu_count()} cores; "
-          f"median time per call over {args.reps} interleaved blocks")
+          f"median time per call over {args.reps} interleaved blocks"
+          + (f"; {args.flush_mib} MiB copied before each call" if args.flush_mib else ""))
     names = ["communicator"] + (["backend (Python)"] if args.python_prototype else ["backend (C++)", "gloo"])
     mine = names[1]
     print("| size | " + " | ".join(f"{n} (µs)" for n in names) + f" | {mine} / communicator |")
     print("|---" * (len(names) + 2) + "|", flush=True)
     with RankPool(args.world, backend="fastallreduce", threads=1) as pool:
         for nbytes in SIZES:
-            per_rank = pool.run(_bench, nbytes, args.reps, args.python_prototype, timeout=900)
+            per_rank = pool.run(_bench, nbytes, args.reps, args.python_prototype, args.flush_mib, timeout=900)
             # Median per call on each rank (robust to the scheduler stalls of a loaded machine),
             # then the slowest rank: a collective ends when its slowest rank does.
             med = {k: max(statistics.median(r[k]) for r in per_rank) for k in per_rank[0]}
