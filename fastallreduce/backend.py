@@ -9,10 +9,12 @@ user's own calls) on the fastallreduce engine::
     dist.init_process_group("cpu:fastallreduce,cuda:nccl", ...)   # per-device form
 
 Allreduce of a dense contiguous CPU tensor with SUM, AVG, PRODUCT, MAX or MIN on a dtype the engine
-supports runs on the engine (AVG on integer dtypes raises TypeError). Everything else -- the other
-collectives, point-to-point, monitored_barrier, and allreduce of other dtypes / ops / devices /
-layouts -- goes to an internal Gloo backend created from the same store, so nothing a torch user
-calls is missing and those calls behave (and fail) exactly as on Gloo. ``barrier`` waits for this
+supports runs on the engine (AVG on integer dtypes raises TypeError). When every rank is on one
+host, broadcast, all_gather (list, into_tensor, single) and reduce_scatter (list, tensor, single)
+of such tensors run on the engine's shared memory as well. Everything else -- gather, scatter,
+reduce, all_to_all, point-to-point, monitored_barrier, the coalesced forms, and calls on other
+dtypes / ops / devices / layouts -- goes to an internal Gloo backend created from the same store, so
+nothing a torch user calls is missing and those calls behave (and fail) exactly as on Gloo. ``barrier`` waits for this
 rank's delegated work, then runs a 1-byte engine collective (FIFO after queued allreduces); unlike
 Gloo's barrier it never re-raises an earlier op's error.
 

@@ -52,13 +52,17 @@ def _outcome(fn: Callable[[], Any]) -> tuple:
         return ("err", type(e).__name__, str(e)[:200])
 
 
+def _case(k: int) -> tuple:
+    """The fastallreduce and gloo groups over ranks 0..k-1, the backend object, this rank."""
+    far_g, gloo_g = _groups[k]
+    return far_g, gloo_g, far.backend.get_backend(far_g), dist.get_rank()
+
+
 def allreduce_vs_gloo(k: int, async_op: bool, sizes: tuple = (0, 1, 7, 3001)) -> Optional[dict]:
     """all_reduce on the fastallreduce group vs gloo for every dtype and op; returns a summary."""
     if not _member(k):
         return None
-    far_g, gloo_g = _groups[k]
-    backend = far.backend.get_backend(far_g)
-    rank = dist.get_rank()
+    far_g, gloo_g, backend, rank = _case(k)
     checked = engine_expected = 0
     ops_before = backend.engine_ops
     for dtype_name in DTYPES:
@@ -107,6 +111,108 @@ def allreduce_vs_gloo(k: int, async_op: bool, sizes: tuple = (0, 1, 7, 3001)) ->
                     assert torch.equal(got[1], expect), (dtype_name, op_name, n)
                 checked += 1
                 if dtype_name != "int16" and not (dtype == torch.bool and op_name not in ("MAX", "MIN")):
+                    engine_expected += 1
+    return {"checked": checked, "engine_ops": backend.engine_ops - ops_before, "engine_expected": engine_expected}
+
+
+def gather_family_vs_expected(k: int, async_op: bool, sizes: tuple = (0, 1, 7, 3001)) -> Optional[dict]:
+    """broadcast, all_gather(_into_tensor) and reduce_scatter(_tensor) on the fastallreduce group,
+    every dtype (and op), against exact answers: each rank can compute every rank's input, so
+    gathers and broadcasts are checked element by element; reductions against gloo's all_reduce
+    of the same inputs. Calls the engine cannot take must behave as on gloo."""
+    if not _member(k):
+        return None
+    far_g, gloo_g, backend, rank = _case(k)
+    checked = engine_expected = 0
+    ops_before = backend.engine_ops
+
+    engine_call = [True]  # whether the call being made is one the engine takes (Gloo's have no Future)
+
+    def finish(work):
+        if async_op:
+            fut = work.get_future() if engine_call[0] else None
+            work.wait(timeout=timedelta(seconds=60))
+            assert not engine_call[0] or (work.is_completed() and fut.done())
+        return work
+
+    for dtype_name in DTYPES:
+        dtype = getattr(torch, dtype_name)
+        on_engine = dtype_name != "int16"  # the engine's kernels have no int16
+        for n in sizes:
+            seed = n + len(dtype_name)
+            inputs = [_input(r, n, dtype, seed) for r in range(k)]
+            def check(call_far, call_gloo, result, expect, what):
+                # The engine's dtypes: the exact answer. Others (int16): whatever gloo does.
+                nonlocal checked, engine_expected
+                engine_call[0] = on_engine
+                got = _outcome(call_far)
+                if on_engine:
+                    assert got[0] == "ok", (what, dtype_name, n, got)
+                    assert expect(result()), (what, dtype_name, n)
+                    engine_expected += 1
+                else:
+                    g = _outcome(call_gloo)
+                    assert got[0] == g[0] and (got[0] == "ok" or got[1] == g[1]), (what, dtype_name, got, g)
+                checked += 1
+
+            for root in range(k):  # broadcast from every root
+                t, tg = inputs[rank].clone(), inputs[rank].clone()
+                check(lambda: finish(dist.broadcast(t, src=root, group=far_g, async_op=async_op)),
+                      lambda: dist.broadcast(tg, src=root, group=gloo_g), lambda: t,
+                      lambda r: torch.equal(r, inputs[root]), f"broadcast root {root}")
+            out = torch.empty(k * n, dtype=dtype)
+            check(lambda: finish(dist.all_gather_into_tensor(out, inputs[rank], group=far_g, async_op=async_op)),
+                  lambda: dist.all_gather_into_tensor(torch.empty(k * n, dtype=dtype), inputs[rank], group=gloo_g),
+                  lambda: out, lambda r: torch.equal(r, torch.cat(inputs)), "all_gather_into_tensor")
+            single = torch.empty(k * n, dtype=dtype)
+            check(lambda: finish(dist.all_gather_single(single, inputs[rank], group=far_g, async_op=async_op)),
+                  lambda: dist.all_gather_single(torch.empty(k * n, dtype=dtype), inputs[rank], group=gloo_g),
+                  lambda: single, lambda r: torch.equal(r, torch.cat(inputs)), "all_gather_single")
+            outs = [torch.full((n,), 1, dtype=dtype) for _ in range(k)]
+            check(lambda: finish(dist.all_gather(outs, inputs[rank], group=far_g, async_op=async_op)),
+                  lambda: dist.all_gather([torch.empty(n, dtype=dtype) for _ in range(k)], inputs[rank], group=gloo_g),
+                  lambda: outs, lambda r: all(torch.equal(o, i) for o, i in zip(r, inputs)), "all_gather")
+            # reduce_scatter_tensor and reduce_scatter, every op
+            big = _input(rank, k * n, dtype, seed + 1)
+            for op_name in OPS:
+                op = getattr(dist.ReduceOp, op_name)
+                integral = not (dtype.is_floating_point or dtype.is_complex)
+                eligible = on_engine and not (op_name == "AVG" and integral) and not (
+                    dtype == torch.bool and op_name not in ("MAX", "MIN"))
+                ref_op = dist.ReduceOp.SUM if op_name == "AVG" else op
+                ref_x = big.double() if dtype in (torch.float16, torch.bfloat16) else big.clone()
+                ref = _outcome(lambda: (dist.all_reduce(ref_x, op=ref_op, group=gloo_g), ref_x)[1])
+                for form in ("tensor", "single", "list"):
+                    mine = torch.empty(n, dtype=dtype)
+                    if form == "tensor":
+                        call = lambda: finish(dist.reduce_scatter_tensor(mine, big, op=op, group=far_g, async_op=async_op))
+                    elif form == "single":
+                        call = lambda: finish(dist.reduce_scatter_single(mine, big, op=op, group=far_g, async_op=async_op))
+                    else:
+                        call = lambda: finish(dist.reduce_scatter(mine, list(big.chunk(k)) if n else [big[:0]] * k,
+                                                                  op=op, group=far_g, async_op=async_op))
+                    engine_call[0] = eligible
+                    got = _outcome(call)
+                    if not eligible:
+                        # Not the engine's: gloo's own reduce_scatter decides (and raises what it raises).
+                        g_out = torch.empty(n, dtype=dtype)
+                        g = _outcome(lambda: dist.reduce_scatter_tensor(g_out, big, op=op, group=gloo_g))
+                        assert got[0] == g[0] and (got[0] == "ok" or got[1] == g[1]), (dtype_name, op_name, got, g)
+                        if got[0] == "ok":
+                            assert torch.equal(mine, g_out), (dtype_name, op_name, form)
+                        checked += 1
+                        continue
+                    assert got[0] == "ok" and ref[0] == "ok", (dtype_name, op_name, n, form, got, ref)
+                    expect = ref[1][rank * n:(rank + 1) * n]
+                    expect = expect / k if op_name == "AVG" else expect
+                    if dtype == torch.bool:
+                        assert torch.equal(mine, expect.bool()), (dtype_name, op_name, form)
+                    elif dtype.is_floating_point:
+                        tol = 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-12
+                        torch.testing.assert_close(mine.double(), expect.double().to(dtype).double(), rtol=tol, atol=tol)
+                    else:
+                        assert torch.equal(mine, expect), (dtype_name, op_name, n, form)
+                    checked += 1
                     engine_expected += 1
     return {"checked": checked, "engine_ops": backend.engine_ops - ops_before, "engine_expected": engine_expected}
 
@@ -260,9 +366,10 @@ def sync_work_contract(k: int) -> Optional[dict]:
     return out
 
 
-def barrier_vs_allreduce_mismatch() -> Optional[dict]:
-    """Rank 0 enters a barrier while rank 1 calls all_reduce on a fresh 2-rank group: both raise
-    (the engine's header check), neither hangs."""
+def mismatch_with_allreduce(rank0_call: str) -> Optional[dict]:
+    """Rank 0 makes `rank0_call` ("barrier" or "all_gather", of 4 elements) while rank 1 calls
+    all_reduce of 4 elements on a fresh 2-rank group: both must raise (the engine's header
+    check), neither may hang."""
     import time
     setup_groups()
     g = dist.new_group([0, 1], backend="fastallreduce", timeout=timedelta(seconds=30))  # every rank calls it
@@ -271,10 +378,12 @@ def barrier_vs_allreduce_mismatch() -> Optional[dict]:
         return None
     t0 = time.monotonic()
     try:
-        if rank == 0:
+        if rank == 1:
+            dist.all_reduce(torch.ones(4), group=g)
+        elif rank0_call == "barrier":
             dist.barrier(group=g)
         else:
-            dist.all_reduce(torch.ones(3), group=g)
+            dist.all_gather_into_tensor(torch.zeros(8), torch.ones(4), group=g)
         return {"raised": None, "seconds": time.monotonic() - t0}
     except Exception as e:  # noqa: BLE001
         return {"raised": type(e).__name__, "msg": str(e)[:300], "seconds": time.monotonic() - t0}
@@ -327,8 +436,8 @@ def ddp_parity(steps: int = 12) -> Optional[dict]:
     return {"max_diff": diff, "identical": identical, "engine_ops": engine_ops, "checksum": float(flat.double().sum())}
 
 
-def timeout_case_rank0(seconds: float = 2.0) -> Optional[dict]:
-    """Rank 1 skips an allreduce on a group with a short timeout: rank 0 gets DistBackendError."""
+def timeout_case_rank0(seconds: float = 2.0, call: str = "all_reduce") -> Optional[dict]:
+    """Rank 1 skips a collective (`call`) on a group with a short timeout: rank 0 gets DistBackendError."""
     import time
     setup_groups()
     g = dist.new_group([0, 1], timeout=timedelta(seconds=seconds))  # collective: every rank calls it
@@ -336,7 +445,12 @@ def timeout_case_rank0(seconds: float = 2.0) -> Optional[dict]:
         return None
     t0 = time.monotonic()
     try:
-        dist.all_reduce(torch.ones(10), group=g)
+        if call == "all_reduce":
+            dist.all_reduce(torch.ones(10), group=g)
+        elif call == "broadcast":
+            dist.broadcast(torch.ones(10), src=0, group=g)
+        else:
+            dist.reduce_scatter_tensor(torch.ones(5), torch.ones(10), group=g)
     except Exception as e:  # noqa: BLE001
         return {"type": type(e).__name__, "is_dist_error": isinstance(e, dist.DistBackendError),
                 "msg": str(e)[:300], "seconds": time.monotonic() - t0}

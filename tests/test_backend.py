@@ -60,6 +60,30 @@ def test_allreduce_async_matches_gloo(fpool, k):
     assert all(r["engine_ops"] == r["engine_expected"] for r in res[:k]), res
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_gather_family_on_engine(fpool, k):
+    # broadcast, all_gather(_into_tensor), reduce_scatter(_tensor) run on shared memory
+    _check_allreduce_summaries(fpool.run(bc.gather_family_vs_expected, k, False, timeout=240), k)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_gather_family_async(fpool, k):
+    _check_allreduce_summaries(fpool.run(bc.gather_family_vs_expected, k, True, (5, 3001), timeout=240), k)
+
+
+@pytest.mark.parametrize("k", [5, 8])
+def test_gather_family_5_to_8_ranks(fpool8, k):
+    _check_allreduce_summaries(fpool8.run(bc.gather_family_vs_expected, k, False, (0, 1, 9001), timeout=240), k)
+
+
+def test_gather_family_chunked_across_slots():
+    # 64 KiB slots and 8 KiB chunks: messages of many chunks, both slots reused, and a
+    # reduce_scatter chunk holding one piece per rank.
+    env = {"FASTALLREDUCE_SHM_SLOT_BYTES": "65536", "FASTALLREDUCE_SHM_CHUNK_BYTES": "8192"}
+    with RankPool(3, backend="fastallreduce", pg_timeout_s=60, env=env) as pool:
+        _check_allreduce_summaries(pool.run(bc.gather_family_vs_expected, 3, False, (1, 9001, 40000), timeout=240), 3)
+
+
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_other_collectives_match_gloo(fpool, k):
     res = fpool.run(bc.others_vs_gloo, k, timeout=180)
@@ -92,11 +116,15 @@ def test_sync_work_contract(fpool, k):
                      "barrier_completed": True}, r
 
 
-def test_barrier_mismatched_with_allreduce_raises_everywhere(fpool):
-    res = fpool.run(bc.barrier_vs_allreduce_mismatch, timeout=120)
+@pytest.mark.parametrize("rank0_call", ["barrier", "all_gather"])
+def test_mismatched_with_allreduce_raises_everywhere(fpool, rank0_call):
+    # One rank's barrier (or allgather) against the other's all_reduce: MismatchError on both.
+    res = fpool.run(bc.mismatch_with_allreduce, rank0_call, timeout=120)
     for r in res[:2]:
         assert r["raised"] == "DistBackendError" and "MismatchError" in r["msg"], res
         assert r["seconds"] < 20, res
+    if rank0_call == "all_gather":
+        assert all("allgather" in r["msg"] and "allreduce" in r["msg"] for r in res[:2]), res
 
 
 def test_ddp_parity_with_gloo(fpool):
@@ -107,8 +135,9 @@ def test_ddp_parity_with_gloo(fpool):
     assert res[0]["checksum"] == res[1]["checksum"]
 
 
-def test_timeout_raises_dist_backend_error(fpool):
-    res = fpool.run(bc.timeout_case_rank0, 2.0, timeout=120)
+@pytest.mark.parametrize("call", ["all_reduce", "broadcast", "reduce_scatter_tensor"])
+def test_timeout_raises_dist_backend_error(fpool, call):
+    res = fpool.run(bc.timeout_case_rank0, 2.0, call, timeout=120)
     r = res[0]
     assert r["is_dist_error"], r
     assert "CommTimeoutError" in r["msg"] and "[1]" in r["msg"], r  # names the missing rank

@@ -33,7 +33,9 @@ Span aligned_part(size_t n, int parts, int i, size_t esize) {
   return Span{b, e - b};
 }
 
-void check_headers(ShmContext& ctx, int slot) {
+}  // namespace
+
+void check_shm_headers(ShmContext& ctx, int slot) {
   const Header& mine = ctx.header;
   for (int r = 0; r < ctx.group.local_size(); ++r) {
     const Header& h = ctx.group.ctrl(r).header[slot];
@@ -46,19 +48,28 @@ void check_headers(ShmContext& ctx, int slot) {
   }
 }
 
-}  // namespace
+ShmChunk begin_chunk(ShmContext& ctx) {
+  ShmGroup& g = ctx.group;
+  const uint32_t k = g.next_chunk();
+  if (k > 2) g.wait_all(&ShmControl::done, k - 2, "slot reuse", ctx.header, ctx.deadline, ctx.poll);
+  return ShmChunk{k, static_cast<int>(k % 2)};
+}
+
+void publish_filled(ShmContext& ctx, const ShmChunk& c) {
+  ShmGroup& g = ctx.group;
+  g.ctrl(g.local_rank()).header[c.slot] = ctx.header;
+  g.publish(&ShmControl::filled, c.k);
+  g.wait_all(&ShmControl::filled, c.k, "copy-in", ctx.header, ctx.deadline, ctx.poll);
+  check_shm_headers(ctx, c.slot);
+}
 
 void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const SliceStage* stage) {
   ShmGroup& g = ctx.group;
   const int L = g.local_size(), me = g.local_rank();
   const size_t es = job.esize();
-  // A message that fits one slot goes as one chunk: each chunk costs two waits on the peers, and
-  // when backprop keeps every core busy (DDP buckets) each wait costs a reschedule. Larger
-  // messages move in cache-sized chunks (ShmOptions::chunk_bytes); hierarchical in whole slots.
+  // Hierarchical moves whole slots: each chunk there costs a cross-host message latency.
   const size_t bytes = job.count * es;
-  const size_t chunk_bytes = (stage || bytes <= g.slot_bytes())
-                                 ? g.slot_bytes()
-                                 : std::min(g.slot_bytes(), std::max<size_t>(o.chunk_bytes, 4096));
+  const size_t chunk_bytes = stage ? g.slot_bytes() : shm_chunk_bytes(g, o, bytes);
   const size_t chunk_elems = std::max<size_t>(1, chunk_bytes / es);
   const size_t nchunks = std::max<size_t>(1, (job.count + chunk_elems - 1) / chunk_elems);
   // One-shot saves a wait per chunk but reads every peer's whole message; with two ranks that is
@@ -74,9 +85,9 @@ void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const S
 
   for (size_t c = 0; c < nchunks; ++c) {
     const size_t off = c * chunk_elems, n = std::min(chunk_elems, job.count - std::min(job.count, off));
-    const uint32_t k = g.next_chunk();
-    const int s = static_cast<int>(k % 2);
-    if (k > 2) g.wait_all(&ShmControl::done, k - 2, "slot reuse", ctx.header, ctx.deadline, ctx.poll);
+    const ShmChunk ch = begin_chunk(ctx);
+    const uint32_t k = ch.k;
+    const int s = ch.slot;
     char* mine = g.slot(me, s);
     const Span my = aligned_part(n, L, me, es);
     // Peers read every slice of my segment but mine, which I reduce straight from the input.
@@ -87,10 +98,7 @@ void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const S
       const size_t tail = my.begin + my.len;
       if (n > tail) std::memcpy(mine + tail * es, src + (off + tail) * es, (n - tail) * es);
     }
-    g.ctrl(me).header[s] = ctx.header;
-    g.publish(&ShmControl::filled, k);
-    g.wait_all(&ShmControl::filled, k, "copy-in", ctx.header, ctx.deadline, ctx.poll);
-    check_headers(ctx, s);
+    publish_filled(ctx, ch);
     char* out = job.at(off);
     if (oneshot) {
       for (int r = 0; r < L; ++r) srcs[r] = g.slot(r, s);

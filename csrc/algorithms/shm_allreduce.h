@@ -2,9 +2,11 @@
 // reduce-scatter and allgather (the hierarchical algorithm plugs the cross-host allreduce in).
 #pragma once
 #include <chrono>
+#include <algorithm>
 #include <functional>
 
 #include "algorithms/algorithm.h"
+#include "engine/header.h"
 #include "transport/shm.h"
 
 namespace far {
@@ -29,6 +31,28 @@ struct ShmContext {
 // Runs on each chunk's reduced slice (in shared memory) before the allgather. The job it gets
 // describes the slice; it must allreduce it in place with the final op and divisor.
 using SliceStage = std::function<void(const Job& slice)>;
+
+// Chunk size for a message of `bytes` on the flat path: a message that fits one slot goes as one
+// chunk (each chunk costs two waits on the peers, and when backprop keeps every core busy each
+// wait costs a reschedule); larger ones move in cache-sized chunks (ShmOptions::chunk_bytes).
+inline size_t shm_chunk_bytes(const ShmGroup& g, const ShmOptions& o, size_t bytes) {
+  return bytes <= g.slot_bytes() ? g.slot_bytes() : std::min(g.slot_bytes(), std::max<size_t>(o.chunk_bytes, 4096));
+}
+
+// The always-on mismatch check: every rank compares every rank's header for `slot` with its
+// own, so that every rank sees a mismatch (MismatchError) before any data is read.
+void check_shm_headers(ShmContext& ctx, int slot);
+
+// The per-chunk protocol every shared-memory collective shares. begin_chunk: the next chunk's
+// number k and slot (k % 2), once every rank is done with chunk k-2 (which used that slot).
+// publish_filled: after copying in, publish my header and filled=k, wait for every rank's,
+// and compare headers.
+struct ShmChunk {
+  uint32_t k;
+  int slot;
+};
+ShmChunk begin_chunk(ShmContext& ctx);
+void publish_filled(ShmContext& ctx, const ShmChunk& c);
 
 // In-place allreduce of `job` (job.src is copied in, the result lands in job.buf).
 void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const SliceStage* stage = nullptr);

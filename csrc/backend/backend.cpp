@@ -32,22 +32,6 @@ std::exception_ptr as_dist_error(std::exception_ptr e) {
   }
 }
 
-// The engine's future yields the output tensor; torch's collectives yield a list of tensors.
-c10::intrusive_ptr<Future> as_list_future(const c10::intrusive_ptr<Future>& engine_fut, at::Tensor out) {
-  auto fut = c10::make_intrusive<Future>(c10::ListType::ofTensors());
-  // Runs inline on the engine thread when the op finishes: no GIL, no extra hand-off.
-  // `out` moves into the value, so the engine thread never holds the last C++ reference to a
-  // tensor Python also owns (dropping that one takes the GIL).
-  engine_fut->addCallback([fut, out = std::move(out)](Future& f) mutable {
-    if (f.hasError())
-      fut->setError(as_dist_error(f.exception_ptr()));
-    else
-      fut->markCompleted(c10::IValue(std::vector<at::Tensor>{std::move(out)}));
-    out = at::Tensor();
-  });
-  return fut;
-}
-
 bool to_redop(const c10d::ReduceOp& op, RedOp* out) {
   switch (op.op_) {
     case c10d::ReduceOp::SUM: *out = RedOp::kSum; return true;
@@ -67,6 +51,47 @@ bool engine_dtype(at::ScalarType t, DType* out) {
     return false;
   }
 }
+
+// The engine's future yields the output tensor; torch's collectives yield a list of tensors.
+c10::intrusive_ptr<Future> as_list_future(const c10::intrusive_ptr<Future>& engine_fut, std::vector<at::Tensor> outs,
+                                          std::function<void()> finish) {
+  auto fut = c10::make_intrusive<Future>(c10::ListType::ofTensors());
+  // Runs inline on the engine thread when the op finishes: no GIL, no extra hand-off.
+  // `outs` move into the value, so the engine thread never holds the last C++ reference to a
+  // tensor Python also owns (dropping that one takes the GIL).
+  engine_fut->addCallback([fut, outs = std::move(outs), finish = std::move(finish)](Future& f) mutable {
+    if (f.hasError()) {
+      fut->setError(as_dist_error(f.exception_ptr()));
+    } else {
+      try {
+        if (finish) finish();
+        fut->markCompleted(c10::IValue(std::move(outs)));
+      } catch (...) {
+        fut->setError(as_dist_error(std::current_exception()));
+      }
+    }
+    outs.clear();
+    finish = nullptr;
+  });
+  return fut;
+}
+
+// A tensor the engine takes as it is: dense, contiguous, on the CPU, of a dtype it supports.
+bool engine_tensor(const at::Tensor& t, DType* dt) {
+  return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided && t.is_contiguous() && !t.is_conj() &&
+         !t.is_neg() && engine_dtype(t.scalar_type(), dt);
+}
+
+// A reduction the engine runs on `dt` (else Gloo's behaviour, and errors, apply).
+bool engine_op(const c10d::ReduceOp& rop, DType dt, RedOp* op) {
+  if (!to_redop(rop, op)) return false;
+  if (dt == DType::kBool && *op != RedOp::kMax && *op != RedOp::kMin) return false;
+  return !(*op == RedOp::kAvg && !is_floating(dt));
+}
+
+// Staging copies run on whichever thread finishes the op: on detached aliases, so that
+// autograd never sees them (a leaf that requires grad would refuse an in-place copy).
+void copy_into(const at::Tensor& dst, const at::Tensor& src) { dst.detach().copy_(src.view(dst.sizes())); }
 
 }  // namespace
 
@@ -144,55 +169,49 @@ void FastAllreduceBackend::setTimeout(std::chrono::milliseconds timeout) {
 
 bool FastAllreduceBackend::on_engine(const std::vector<at::Tensor>& tensors,
                                      const c10d::AllreduceOptions& opts) const {
-  if (tensors.size() != 1) return false;
-  const at::Tensor& t = tensors[0];
   DType dt;
   RedOp op;
-  if (!t.device().is_cpu() || t.layout() != at::kStrided || !t.is_contiguous() || t.is_conj() || t.is_neg())
-    return false;
-  if (!engine_dtype(t.scalar_type(), &dt) || !to_redop(opts.reduceOp, &op)) return false;
-  if (dt == DType::kBool && op != RedOp::kMax && op != RedOp::kMin) return false;
-  if (op == RedOp::kAvg && !is_floating(dt)) return false;
-  return true;
+  return tensors.size() == 1 && engine_tensor(tensors[0], &dt) && engine_op(opts.reduceOp, dt, &op);
 }
 
-c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_allreduce(const at::Tensor& t, RedOp op,
-                                                                      c10d::OpType type, const char* title,
-                                                                      bool sync, bool count) {
-  Call call;
-  call.op = op;
-  call.algo = algo_;
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_run(Call call, c10d::OpType type, const char* title,
+                                                                bool sync, std::vector<at::Tensor> outputs,
+                                                                std::function<void()> finish, bool count) {
+  call.algo = call.kind == Kind::kAllreduce ? algo_ : Algo::kShm;
   c10::intrusive_ptr<Future> engine_fut;
   try {
     if (sync) {
       // async_op=False: the caller waits at once, so the engine runs it on this thread when
       // nothing is queued (no hand-off to the worker and back; FIFO order holds either way).
-      // The caller keeps its tensor alive throughout, so no reference here is ever the last.
-      call.input = t;
-      call.output = t;
+      // The caller keeps its tensors alive throughout, so no reference here is ever the last.
       engine_->run(std::move(call));
+      if (finish) finish();
       if (count) engine_ops_.fetch_add(1, std::memory_order_relaxed);
-      return c10::make_intrusive<CompletedWork>(rank_, type, title, std::vector<at::Tensor>{t});
+      return c10::make_intrusive<CompletedWork>(rank_, type, title, std::move(outputs));
     }
-    // Async: a detached alias (same storage, no Python object), so that the worker thread drops
+    // Async: detached aliases (same storage, no Python object), so that the worker thread drops
     // its references without the GIL, which the caller's thread usually holds by then.
-    call.input = t.detach();
-    call.output = call.input;
+    const bool in_place = call.output.is_same(call.input);
+    call.input = call.input.detach();
+    call.output = in_place ? call.input : call.output.detach();
     engine_fut = engine_->run_async(std::move(call));
   } catch (...) {
     std::rethrow_exception(as_dist_error(std::current_exception()));
   }
   if (count) engine_ops_.fetch_add(1, std::memory_order_relaxed);
-  return c10::make_intrusive<FutureWork>(as_list_future(engine_fut, t), rank_, type, title,
-                                         std::vector<at::Tensor>{t});
+  auto outs = outputs;
+  return c10::make_intrusive<FutureWork>(as_list_future(engine_fut, std::move(outs), std::move(finish)), rank_, type,
+                                         title, std::move(outputs));
 }
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce(std::vector<at::Tensor>& tensors,
                                                                const c10d::AllreduceOptions& opts) {
   if (on_engine(tensors, opts)) {
-    RedOp op;
-    to_redop(opts.reduceOp, &op);
-    return engine_allreduce(tensors[0], op, c10d::OpType::ALLREDUCE, nullptr, !opts.asyncOp);
+    Call call;
+    call.input = tensors[0];
+    call.output = tensors[0];
+    to_redop(opts.reduceOp, &call.op);
+    return engine_run(std::move(call), c10d::OpType::ALLREDUCE, nullptr, !opts.asyncOp, {tensors[0]});
   }
   if (opts.reduceOp == c10d::ReduceOp::AVG && tensors.size() == 1) {
     // Gloo has no AVG; say what is wrong rather than Gloo's generic refusal.
@@ -218,9 +237,13 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::barrier(const c10d::Barrier
   // 1-byte engine collective, which is FIFO after every allreduce queued on this rank and, like
   // every engine op, header-checked and failed on all ranks together.
   wait_delegated();
-  auto flag = at::zeros({1}, at::TensorOptions().dtype(at::kByte));
-  return engine_allreduce(flag, RedOp::kMax, c10d::OpType::BARRIER, "fastallreduce:barrier", !opts.asyncOp,
-                          /*count=*/false);
+  Call call;
+  call.input = at::zeros({1}, at::TensorOptions().dtype(at::kByte));
+  call.output = call.input;
+  call.op = RedOp::kMax;
+  auto flag = call.input;
+  return engine_run(std::move(call), c10d::OpType::BARRIER, "fastallreduce:barrier", !opts.asyncOp, {flag}, {},
+                    /*count=*/false);
 }
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::track(c10::intrusive_ptr<c10d::Work> work) {
@@ -273,6 +296,16 @@ void FastAllreduceBackend::abort() {
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::broadcast(std::vector<at::Tensor>& tensors,
                                                                const c10d::BroadcastOptions& opts) {
+  DType dt;
+  if (engine_->supports_gather_family() && tensors.size() == 1 && opts.rootTensor == 0 && opts.rootRank >= 0 &&
+      opts.rootRank < size_ && engine_tensor(tensors[0], &dt)) {
+    Call call;
+    call.input = tensors[0];
+    call.output = tensors[0];
+    call.kind = Kind::kBroadcast;
+    call.root = static_cast<int>(opts.rootRank);
+    return engine_run(std::move(call), c10d::OpType::BROADCAST, nullptr, !opts.asyncOp, {tensors[0]});
+  }
   FAR_DELEGATE(broadcast(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce_sparse(std::vector<at::Tensor>& tensors,
@@ -287,17 +320,55 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce(std::vector<at::Tens
                                                             const c10d::ReduceOptions& opts) {
   FAR_DELEGATE(reduce(tensors, opts));
 }
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_allgather(at::Tensor& output, at::Tensor& input,
+                                                                      c10d::OpType type, bool sync) {
+  DType a, b;
+  if (!engine_->supports_gather_family() || !engine_tensor(input, &a) || !engine_tensor(output, &b) ||
+      input.scalar_type() != output.scalar_type() || output.numel() != input.numel() * size_)
+    return {};
+  Call call;
+  call.input = input;
+  call.output = output;
+  call.kind = Kind::kAllgather;
+  return engine_run(std::move(call), type, nullptr, sync, {output});
+}
+
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather(std::vector<std::vector<at::Tensor>>& outputs,
                                                                std::vector<at::Tensor>& inputs,
                                                                const c10d::AllgatherOptions& opts) {
+  // One input, a list of `size` outputs shaped like it: gather into one staging tensor on the
+  // engine, then copy each rank's part out (the copies finish before the Work does).
+  DType dt;
+  bool ok = engine_->supports_gather_family() && inputs.size() == 1 && outputs.size() == 1 &&
+            static_cast<int>(outputs[0].size()) == size_ && engine_tensor(inputs[0], &dt);
+  for (size_t r = 0; ok && r < outputs[0].size(); ++r) {
+    const at::Tensor& o = outputs[0][r];
+    ok = o.defined() && o.device().is_cpu() && o.layout() == at::kStrided && o.scalar_type() == inputs[0].scalar_type() &&
+         o.sizes() == inputs[0].sizes();
+  }
+  if (ok) {
+    const int64_t n = inputs[0].numel();
+    at::Tensor flat = at::empty({size_ * n}, inputs[0].options());
+    Call call;
+    call.input = inputs[0];
+    call.output = flat;
+    call.kind = Kind::kAllgather;
+    std::vector<at::Tensor> outs = outputs[0];
+    auto finish = [flat, outs, n] {
+      for (size_t r = 0; r < outs.size(); ++r) copy_into(outs[r], flat.narrow(0, static_cast<int64_t>(r) * n, n));
+    };
+    return engine_run(std::move(call), c10d::OpType::ALLGATHER, nullptr, !opts.asyncOp, outputs[0], finish);
+  }
   FAR_DELEGATE(allgather(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_gather_single(at::Tensor& output, at::Tensor& input,
                                                                        const c10d::AllgatherOptions& opts) {
+  if (auto w = engine_allgather(output, input, c10d::OpType::_ALLGATHER_BASE, !opts.asyncOp)) return w;
   FAR_DELEGATE(all_gather_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::_allgather_base(at::Tensor& output, at::Tensor& input,
                                                                      const c10d::AllgatherOptions& opts) {
+  if (auto w = engine_allgather(output, input, c10d::OpType::_ALLGATHER_BASE, !opts.asyncOp)) return w;
   FAR_DELEGATE(all_gather_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather_coalesced(
@@ -331,17 +402,49 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::scatter(std::vector<at::Ten
                                                              const c10d::ScatterOptions& opts) {
   FAR_DELEGATE(scatter(outputs, inputs, opts));
 }
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_reduce_scatter(at::Tensor& output, at::Tensor& input,
+                                                                           c10d::OpType type,
+                                                                           const c10d::ReduceScatterOptions& opts) {
+  DType a, b;
+  Call call;
+  if (!engine_->supports_gather_family() || !engine_tensor(input, &a) || !engine_tensor(output, &b) ||
+      input.scalar_type() != output.scalar_type() || input.numel() != output.numel() * size_ ||
+      !engine_op(opts.reduceOp, a, &call.op))
+    return {};
+  call.input = input;
+  call.output = output;
+  call.kind = Kind::kReduceScatter;
+  return engine_run(std::move(call), type, nullptr, !opts.asyncOp, {output});
+}
+
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter(std::vector<at::Tensor>& outputs,
                                                                     std::vector<std::vector<at::Tensor>>& inputs,
                                                                     const c10d::ReduceScatterOptions& opts) {
+  // One output, a list of `size` inputs shaped like it: pack the inputs into one staging tensor
+  // (here, before the call returns), then reduce-scatter it on the engine.
+  bool ok = outputs.size() == 1 && inputs.size() == 1 && static_cast<int>(inputs[0].size()) == size_ &&
+            outputs[0].defined() && outputs[0].device().is_cpu();
+  for (size_t r = 0; ok && r < inputs[0].size(); ++r) {
+    const at::Tensor& t = inputs[0][r];
+    ok = t.defined() && t.device().is_cpu() && t.layout() == at::kStrided &&
+         t.scalar_type() == outputs[0].scalar_type() && t.sizes() == outputs[0].sizes();
+  }
+  if (ok) {
+    const int64_t n = outputs[0].numel();
+    at::Tensor flat = at::empty({size_ * n}, outputs[0].options().layout(at::kStrided));
+    for (int r = 0; r < size_; ++r) copy_into(flat.narrow(0, r * n, n), inputs[0][r].reshape({-1}));
+    if (auto w = engine_reduce_scatter(outputs[0], flat, c10d::OpType::REDUCE_SCATTER, opts)) return w;
+  }
   FAR_DELEGATE(reduce_scatter(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_single(at::Tensor& output, at::Tensor& input,
                                                                            const c10d::ReduceScatterOptions& opts) {
+  if (auto w = engine_reduce_scatter(output, input, c10d::OpType::_REDUCE_SCATTER_BASE, opts)) return w;
   FAR_DELEGATE(reduce_scatter_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::_reduce_scatter_base(at::Tensor& output, at::Tensor& input,
                                                                           const c10d::ReduceScatterOptions& opts) {
+  if (auto w = engine_reduce_scatter(output, input, c10d::OpType::_REDUCE_SCATTER_BASE, opts)) return w;
   FAR_DELEGATE(reduce_scatter_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_single_coalesced(

@@ -1,10 +1,12 @@
-// fastallreduce as a torch.distributed backend: a c10d::Backend whose allreduce runs on the
-// fastallreduce engine; every other collective (and every allreduce the engine cannot do:
-// other dtypes, ops, devices, layouts) is delegated to a Gloo backend built on the same store.
+// fastallreduce as a torch.distributed backend: a c10d::Backend whose allreduce (and, with every
+// rank on one host, broadcast, allgather and reduce_scatter) runs on the fastallreduce engine;
+// every other collective, and every call the engine cannot take (other dtypes, ops, devices,
+// layouts), is delegated to a Gloo backend built on the same store.
 #pragma once
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -141,9 +143,17 @@ class FastAllreduceBackend : public c10d::Backend {
   void abort() override;
 
  private:
-  // sync: the caller waits at once (async_op=False), so the op may run on its thread.
-  c10::intrusive_ptr<c10d::Work> engine_allreduce(const at::Tensor& t, RedOp op, c10d::OpType type,
-                                                  const char* title, bool sync, bool count = true);
+  // Runs `call` on the engine. sync: the caller waits at once (async_op=False), so the op may
+  // run on its thread. `outputs` are what the Work and its Future hold; `finish` (may be empty)
+  // runs after the op and before the Work completes (copies out of a staging tensor).
+  c10::intrusive_ptr<c10d::Work> engine_run(Call call, c10d::OpType type, const char* title, bool sync,
+                                            std::vector<at::Tensor> outputs, std::function<void()> finish = {},
+                                            bool count = true);
+  // The engine paths of the allgather / reduce_scatter entry points; null when not eligible.
+  c10::intrusive_ptr<c10d::Work> engine_allgather(at::Tensor& output, at::Tensor& input, c10d::OpType type,
+                                                  bool sync);
+  c10::intrusive_ptr<c10d::Work> engine_reduce_scatter(at::Tensor& output, at::Tensor& input, c10d::OpType type,
+                                                       const c10d::ReduceScatterOptions& opts);
   // Remembers a delegated Work so that barrier() can wait for it (as Gloo's own barrier does).
   c10::intrusive_ptr<c10d::Work> track(c10::intrusive_ptr<c10d::Work> work);
   // Waits for every delegated Work this rank issued that is still running; their errors stay

@@ -2,6 +2,7 @@
 
 #include <ATen/record_function.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -9,10 +10,20 @@
 #include <sstream>
 
 #include "algorithms/hierarchical.h"
+#include "algorithms/shm_collectives.h"
 #include "engine/errors.h"
 
 namespace far {
 namespace {
+
+const char* record_name(Kind k) {  // the torch.profiler event of each collective
+  switch (k) {
+    case Kind::kAllgather: return "fastallreduce::allgather";
+    case Kind::kReduceScatter: return "fastallreduce::reduce_scatter";
+    case Kind::kBroadcast: return "fastallreduce::broadcast";
+    default: return "fastallreduce::allreduce";
+  }
+}
 
 using Clock = std::chrono::steady_clock;
 constexpr auto kStorePoll = std::chrono::milliseconds(100);
@@ -221,14 +232,16 @@ void Communicator::execute(Task& task) {
   const Call& c = task.call;
   try {
     if (aborted_) throw ClosedError("fastallreduce: communicator was aborted: " + abort_reason());
-    RECORD_FUNCTION("fastallreduce::allreduce", std::vector<c10::IValue>());
+    RECORD_FUNCTION(record_name(c.kind), std::vector<c10::IValue>());
     Header h;
     h.rank = rank_;
     h.seq = task.seq;
-    h.count = c.input.numel();
+    h.count = c.kind == Kind::kReduceScatter ? c.output.numel() : c.input.numel();
     h.dtype = static_cast<uint8_t>(to_dtype(c.input.scalar_type()));
     h.op = static_cast<uint8_t>(c.op);
     h.algo = static_cast<uint8_t>(c.algo);
+    h.kind = static_cast<uint8_t>(c.kind);
+    h.root = static_cast<uint32_t>(c.root);
     cur_ = h;
     deadline_ = Clock::now() + std::chrono::milliseconds(cfg_.timeout_ms);
     deadline_ns_ = deadline_.time_since_epoch().count();
@@ -274,7 +287,39 @@ void Communicator::execute(Task& task) {
   }
 }
 
+void Communicator::run_gather_family(const Call& c, const Header& h) {
+  if (!supports_gather_family())
+    throw std::invalid_argument(std::string("fastallreduce: ") + kind_name(c.kind) + " needs every rank on one host");
+  last_algo_.store(static_cast<int>(Algo::kShm));
+  Header wire = h;
+  wire.algo = static_cast<uint8_t>(Algo::kShm);
+  cur_ = wire;
+  if (debug_log())
+    std::fprintf(stderr, "[fastallreduce %s rank %d] %s\n", cfg_.name.c_str(), rank_, wire.describe().c_str());
+  if (size_ == 1) {  // every member of the family is a copy (or nothing) on one rank
+    if (!c.output.is_same(c.input) && c.input.numel() > 0)
+      std::memcpy(c.output.data_ptr(), c.input.data_ptr(), c.input.nbytes());
+    return;
+  }
+  FamilyJob job;
+  job.kind = c.kind;
+  job.in = static_cast<const char*>(c.input.data_ptr());
+  job.out = static_cast<char*>(c.output.data_ptr());
+  job.count = h.count;
+  job.dtype = to_dtype(c.input.scalar_type());
+  job.op = c.op;
+  job.divisor = size_;
+  const auto& locals = topo_.local.group_ranks;
+  job.root = static_cast<int>(std::find(locals.begin(), locals.end(), c.root) - locals.begin());
+  ShmOptions so = cfg_.shm;
+  so.threads = cfg_.algo.threads;
+  std::function<void()> poll_fn = [this] { poll(); };
+  ShmContext ctx{*shm_, wire, deadline_, poll_fn};
+  shm_gather_family(ctx, job, so);
+}
+
 void Communicator::run_algorithm(const Call& c, const Header& h) {
+  if (c.kind != Kind::kAllreduce) return run_gather_family(c, h);
   Algo algo = c.algo == Algo::kAuto ? choose(c.output.nbytes()) : c.algo;
   // Hierarchical on hosts of different sizes (or with one rank per host) runs flat.
   if (algo == Algo::kHierarchical && !(shm_ && topo_.uniform && cross_)) algo = choose_flat(c.output.nbytes());
@@ -327,9 +372,7 @@ void Communicator::check_header(P2P& t, const Header& mine) {
   Request r = t.irecv((me - 1 + p) % p, in, sizeof(Header));
   Request s = t.isend((me + 1) % p, &mine, sizeof(Header));
   t.wait(r);
-  auto T1 = Clock::now();
   t.wait(s);
-  auto T2 = Clock::now();
   Header theirs;
   std::memcpy(&theirs, in, sizeof(Header));
   if (!mine.same_call(theirs)) {

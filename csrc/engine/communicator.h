@@ -44,9 +44,11 @@ struct Topology {
 
 struct Call {
   at::Tensor input;   // contiguous, validated by the bindings
-  at::Tensor output;  // same as input for in-place
+  at::Tensor output;  // same as input for in-place; allgather: size x input; reduce_scatter: input / size
   RedOp op = RedOp::kSum;
   Algo algo = Algo::kAuto;
+  Kind kind = Kind::kAllreduce;
+  int root = 0;  // broadcast
 };
 
 class Communicator {
@@ -70,6 +72,8 @@ class Communicator {
   Algo choose(size_t bytes) const;
   // Whether an explicitly requested algorithm can run on this topology.
   bool supports(Algo a) const;
+  // Whether allgather, reduce_scatter and broadcast can run (shared memory: every rank on one host).
+  bool supports_gather_family() const { return size_ == 1 || (shm_ && static_cast<int>(topo_.local.pids.size()) == size_); }
   Algo last_algorithm() const { return static_cast<Algo>(last_algo_.load()); }
   uint64_t ops_completed() const { return completed_.load(); }
 
@@ -88,6 +92,7 @@ class Communicator {
   };
   void execute(Task& task);
   void run_algorithm(const Call& call, const Header& h);
+  void run_gather_family(const Call& call, const Header& h);
   void check_header(P2P& t, const Header& mine);
   Algo choose_flat(size_t bytes) const;
   void poll();  // called from slow waits: deadline, local and remote abort

@@ -51,6 +51,7 @@ class ShmGroup {
 
   int local_rank() const { return me_; }
   int local_size() const { return static_cast<int>(base_.size()); }
+  int group_rank(int local) const { return peers_.group_ranks[local]; }
   size_t slot_bytes() const { return slot_bytes_; }
   ShmControl& ctrl(int r) const { return *reinterpret_cast<ShmControl*>(base_[r]); }
   char* slot(int r, int s) const;
