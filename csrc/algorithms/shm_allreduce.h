@@ -1,8 +1,8 @@
 // Shared-memory allreduce among the ranks of one host, optionally with a stage between its
 // reduce-scatter and allgather (the hierarchical algorithm plugs the cross-host allreduce in).
 #pragma once
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <functional>
 
 #include "algorithms/algorithm.h"

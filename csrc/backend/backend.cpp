@@ -89,6 +89,16 @@ bool engine_op(const c10d::ReduceOp& rop, DType dt, RedOp* op) {
   return !(*op == RedOp::kAvg && !is_floating(dt));
 }
 
+// The list forms of allgather / reduce_scatter: `size` CPU tensors shaped like `like`.
+bool cpu_list_like(const std::vector<at::Tensor>& ts, const at::Tensor& like, int size) {
+  if (static_cast<int>(ts.size()) != size) return false;
+  for (const at::Tensor& t : ts)
+    if (!t.defined() || !t.device().is_cpu() || t.layout() != at::kStrided || t.scalar_type() != like.scalar_type() ||
+        t.sizes() != like.sizes())
+      return false;
+  return true;
+}
+
 // Staging copies run on whichever thread finishes the op: on detached aliases, so that
 // autograd never sees them (a leaf that requires grad would refuse an in-place copy).
 void copy_into(const at::Tensor& dst, const at::Tensor& src) { dst.detach().copy_(src.view(dst.sizes())); }
@@ -339,14 +349,8 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather(std::vector<std::
   // One input, a list of `size` outputs shaped like it: gather into one staging tensor on the
   // engine, then copy each rank's part out (the copies finish before the Work does).
   DType dt;
-  bool ok = engine_->supports_gather_family() && inputs.size() == 1 && outputs.size() == 1 &&
-            static_cast<int>(outputs[0].size()) == size_ && engine_tensor(inputs[0], &dt);
-  for (size_t r = 0; ok && r < outputs[0].size(); ++r) {
-    const at::Tensor& o = outputs[0][r];
-    ok = o.defined() && o.device().is_cpu() && o.layout() == at::kStrided && o.scalar_type() == inputs[0].scalar_type() &&
-         o.sizes() == inputs[0].sizes();
-  }
-  if (ok) {
+  if (engine_->supports_gather_family() && inputs.size() == 1 && outputs.size() == 1 &&
+      engine_tensor(inputs[0], &dt) && cpu_list_like(outputs[0], inputs[0], size_)) {
     const int64_t n = inputs[0].numel();
     at::Tensor flat = at::empty({size_ * n}, inputs[0].options());
     Call call;
@@ -421,19 +425,17 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter(std::vector<
                                                                     std::vector<std::vector<at::Tensor>>& inputs,
                                                                     const c10d::ReduceScatterOptions& opts) {
   // One output, a list of `size` inputs shaped like it: pack the inputs into one staging tensor
-  // (here, before the call returns), then reduce-scatter it on the engine.
-  bool ok = outputs.size() == 1 && inputs.size() == 1 && static_cast<int>(inputs[0].size()) == size_ &&
-            outputs[0].defined() && outputs[0].device().is_cpu();
-  for (size_t r = 0; ok && r < inputs[0].size(); ++r) {
-    const at::Tensor& t = inputs[0][r];
-    ok = t.defined() && t.device().is_cpu() && t.layout() == at::kStrided &&
-         t.scalar_type() == outputs[0].scalar_type() && t.sizes() == outputs[0].sizes();
-  }
-  if (ok) {
+  // (here, before the call returns), then reduce-scatter it on the engine. Only calls the engine
+  // takes are packed (the staging tensor is then always eligible).
+  DType dt;
+  RedOp op;
+  if (engine_->supports_gather_family() && outputs.size() == 1 && inputs.size() == 1 &&
+      engine_tensor(outputs[0], &dt) && engine_op(opts.reduceOp, dt, &op) &&
+      cpu_list_like(inputs[0], outputs[0], size_)) {
     const int64_t n = outputs[0].numel();
-    at::Tensor flat = at::empty({size_ * n}, outputs[0].options().layout(at::kStrided));
+    at::Tensor flat = at::empty({size_ * n}, outputs[0].options());
     for (int r = 0; r < size_; ++r) copy_into(flat.narrow(0, r * n, n), inputs[0][r].reshape({-1}));
-    if (auto w = engine_reduce_scatter(outputs[0], flat, c10d::OpType::REDUCE_SCATTER, opts)) return w;
+    return engine_reduce_scatter(outputs[0], flat, c10d::OpType::REDUCE_SCATTER, opts);
   }
   FAR_DELEGATE(reduce_scatter(outputs, inputs, opts));
 }

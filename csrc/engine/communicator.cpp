@@ -3,6 +3,7 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -16,13 +17,15 @@
 namespace far {
 namespace {
 
-const char* record_name(Kind k) {  // the torch.profiler event of each collective
-  switch (k) {
-    case Kind::kAllgather: return "fastallreduce::allgather";
-    case Kind::kReduceScatter: return "fastallreduce::reduce_scatter";
-    case Kind::kBroadcast: return "fastallreduce::broadcast";
-    default: return "fastallreduce::allreduce";
-  }
+// The torch.profiler event of each collective: "fastallreduce::" + its kind's name.
+const char* record_name(Kind k) {
+  constexpr int kKinds = static_cast<int>(Kind::kBroadcast) + 1;
+  static const std::array<std::string, kKinds> names = [] {
+    std::array<std::string, kKinds> a;
+    for (int i = 0; i < kKinds; ++i) a[i] = std::string("fastallreduce::") + kind_name(static_cast<Kind>(i));
+    return a;
+  }();
+  return names[static_cast<int>(k)].c_str();
 }
 
 using Clock = std::chrono::steady_clock;
@@ -290,12 +293,7 @@ void Communicator::execute(Task& task) {
 void Communicator::run_gather_family(const Call& c, const Header& h) {
   if (!supports_gather_family())
     throw std::invalid_argument(std::string("fastallreduce: ") + kind_name(c.kind) + " needs every rank on one host");
-  last_algo_.store(static_cast<int>(Algo::kShm));
-  Header wire = h;
-  wire.algo = static_cast<uint8_t>(Algo::kShm);
-  cur_ = wire;
-  if (debug_log())
-    std::fprintf(stderr, "[fastallreduce %s rank %d] %s\n", cfg_.name.c_str(), rank_, wire.describe().c_str());
+  const Header wire = announce(h, Algo::kShm);
   if (size_ == 1) {  // every member of the family is a copy (or nothing) on one rank
     if (!c.output.is_same(c.input) && c.input.numel() > 0)
       std::memcpy(c.output.data_ptr(), c.input.data_ptr(), c.input.nbytes());
@@ -311,11 +309,25 @@ void Communicator::run_gather_family(const Call& c, const Header& h) {
   job.divisor = size_;
   const auto& locals = topo_.local.group_ranks;
   job.root = static_cast<int>(std::find(locals.begin(), locals.end(), c.root) - locals.begin());
-  ShmOptions so = cfg_.shm;
-  so.threads = cfg_.algo.threads;
   std::function<void()> poll_fn = [this] { poll(); };
   ShmContext ctx{*shm_, wire, deadline_, poll_fn};
-  shm_gather_family(ctx, job, so);
+  shm_gather_family(ctx, job, shm_options());
+}
+
+Header Communicator::announce(const Header& h, Algo algo) {
+  last_algo_.store(static_cast<int>(algo));
+  Header wire = h;
+  wire.algo = static_cast<uint8_t>(algo);
+  cur_ = wire;
+  if (debug_log())
+    std::fprintf(stderr, "[fastallreduce %s rank %d] %s\n", cfg_.name.c_str(), rank_, wire.describe().c_str());
+  return wire;
+}
+
+ShmOptions Communicator::shm_options() const {
+  ShmOptions so = cfg_.shm;
+  so.threads = cfg_.algo.threads;
+  return so;
 }
 
 void Communicator::run_algorithm(const Call& c, const Header& h) {
@@ -328,12 +340,7 @@ void Communicator::run_algorithm(const Call& c, const Header& h) {
   const bool shm_path = (algo == Algo::kShm || algo == Algo::kHierarchical) && size_ > 1;
   if (!shm_path && !c.output.is_same(c.input) && c.input.numel() > 0)
     std::memcpy(c.output.data_ptr(), c.input.data_ptr(), c.input.nbytes());
-  last_algo_.store(static_cast<int>(algo));
-  Header wire = h;
-  wire.algo = static_cast<uint8_t>(algo);
-  cur_ = wire;
-  if (debug_log())
-    std::fprintf(stderr, "[fastallreduce %s rank %d] %s\n", cfg_.name.c_str(), rank_, wire.describe().c_str());
+  const Header wire = announce(h, algo);
   if (size_ == 1) return;
   Job job;
   job.src = c.input.data_ptr();
@@ -343,8 +350,7 @@ void Communicator::run_algorithm(const Call& c, const Header& h) {
   job.divisor = size_;
   job.dtype = to_dtype(c.output.scalar_type());
   if (shm_path) {
-    ShmOptions so = cfg_.shm;
-    so.threads = cfg_.algo.threads;
+    const ShmOptions so = shm_options();
     std::function<void()> poll_fn = [this] { poll(); };
     ShmContext ctx{*shm_, wire, deadline_, poll_fn};
     if (algo == Algo::kShm) {

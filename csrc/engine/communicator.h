@@ -93,6 +93,10 @@ class Communicator {
   void execute(Task& task);
   void run_algorithm(const Call& call, const Header& h);
   void run_gather_family(const Call& call, const Header& h);
+  // Records the algorithm an op runs with (last_algorithm, the watchdog's report, the debug
+  // log) and returns the header that goes on the wire.
+  Header announce(const Header& h, Algo algo);
+  ShmOptions shm_options() const;  // the configured options, with the kernel threads
   void check_header(P2P& t, const Header& mine);
   Algo choose_flat(size_t bytes) const;
   void poll();  // called from slow waits: deadline, local and remote abort
