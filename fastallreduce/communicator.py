@@ -32,6 +32,9 @@ _OP_CODE: dict[Any, int] = {name: i for i, name in enumerate(OPS)}
 _OP_CODE.update({dist.ReduceOp.SUM: 0, dist.ReduceOp.AVG: 1, dist.ReduceOp.PRODUCT: 2,
                  dist.ReduceOp.MAX: 3, dist.ReduceOp.MIN: 4})
 
+# Collective codes of the engine's header (csrc/engine/header.h, Kind).
+_KIND_ALLGATHER, _KIND_REDUCE_SCATTER, _KIND_BROADCAST = 1, 2, 3
+
 # Cost-model defaults (see README "Choosing an algorithm"): per-message latency and
 # point-to-point bandwidth of gloo over loopback, measured on the 2-core development machine.
 _DEFAULTS = {
@@ -246,6 +249,81 @@ class Communicator:
             if str(e).startswith("NotImplementedError: "):
                 raise NotImplementedError(str(e)[len("NotImplementedError: "):]) from None
             raise
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0, *, async_op: bool = False):
+        """Copies ``tensor`` of group rank ``src`` into ``tensor`` on every rank (in place).
+
+        Returns ``tensor``, or with ``async_op=True`` a Future that completes with it.
+        """
+        return self._collective(_KIND_BROADCAST, tensor, tensor, "sum", src, async_op)
+
+    def all_gather(self, output: torch.Tensor, input: torch.Tensor, *, async_op: bool = False):
+        """Concatenates every rank's ``input`` (flattened, in group-rank order) into ``output``,
+        which must hold ``size * input.numel()`` elements of the same dtype (the layout of
+        ``torch.distributed.all_gather_into_tensor``). Returns ``output`` (or a Future of it).
+        """
+        return self._collective(_KIND_ALLGATHER, input, output, "sum", 0, async_op)
+
+    def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor, op: Union[str, dist.ReduceOp] = "sum", *,
+                       async_op: bool = False):
+        """Reduces ``input`` (``size * output.numel()`` elements) across the group with ``op`` and
+        leaves block ``rank`` of the result in ``output`` (the layout of
+        ``torch.distributed.reduce_scatter_tensor``). Returns ``output`` (or a Future of it).
+        """
+        return self._collective(_KIND_REDUCE_SCATTER, input, output, op, 0, async_op)
+
+    def _collective(self, kind: int, input: torch.Tensor, output: torch.Tensor, op: Any, root: int, async_op: bool):
+        if os.getpid() != self._pid:
+            raise RuntimeError("fastallreduce: a Communicator cannot be used in a forked child process; "
+                               "create a new one after init_process_group() in the child")
+        for name, t in (("input", input), ("output", output)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"fastallreduce: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not isinstance(root, int) or isinstance(root, bool):
+            raise TypeError(f"fastallreduce: src must be an int, got {type(root).__name__}")
+        code = _op_code(op)
+        try:
+            if self._c.supports_gather_family():  # shared memory: every rank on one host
+                if async_op:
+                    return self._c.collective_async(kind, input, output, code, root)
+                return self._c.collective(kind, input, output, code, root)
+            self._c.check_collective(kind, input, output, code, root)
+        except RuntimeError as e:
+            if str(e).startswith("NotImplementedError: "):
+                raise NotImplementedError(str(e)[len("NotImplementedError: "):]) from None
+            raise
+        return self._via_allreduce(kind, input, output, code, root, async_op)
+
+    def _via_allreduce(self, kind: int, input: torch.Tensor, output: torch.Tensor, code: int, root: int,
+                       async_op: bool):
+        # Across hosts, the family runs as one allreduce on the engine (same order, header checks,
+        # timeouts and abort as every other call). Gathers and broadcasts sum bytes into zeros,
+        # which copies every bit exactly (x + 0 wraps nowhere); reduce_scatter reduces it all
+        # and keeps this rank's block.
+        if kind == _KIND_REDUCE_SCATTER:
+            work = input.detach().clone()
+            n = output.numel()
+
+            def finish(t: torch.Tensor) -> torch.Tensor:
+                output.detach().view(-1).copy_(t.view(-1)[self.rank * n:(self.rank + 1) * n])
+                return output
+        else:
+            work = output.detach().reshape(-1).view(torch.uint8)
+            if kind == _KIND_BROADCAST:
+                if self.rank != root:
+                    work.zero_()
+            else:
+                n = input.numel() * input.element_size()
+                mine = input.detach().reshape(-1).view(torch.uint8).clone()
+                work.zero_()
+                work[self.rank * n:(self.rank + 1) * n].copy_(mine)
+
+            def finish(t: torch.Tensor) -> torch.Tensor:
+                return output
+        red = code if kind == _KIND_REDUCE_SCATTER else _OP_CODE["sum"]
+        if async_op:
+            return self._c.allreduce_async(work, None, red, self._algo).then(lambda f: finish(f.value()))
+        return finish(self._c.allreduce(work, None, red, self._algo))
 
     @staticmethod
     def _algo_code(name: str) -> int:

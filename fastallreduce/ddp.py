@@ -52,6 +52,7 @@ class HookState:
         self._reset_step()
         self._last: Dict[str, float] = {"bytes": 0, "buckets": 0, "comm_time_s": 0.0, "exposed_s": 0.0}
         self.steps = 0
+        self.buffer_syncs = 0  # buffer broadcasts run on this state's Communicator (register(buffers=True))
 
     def _reset_step(self) -> None:
         self._bytes = 0
@@ -129,14 +130,55 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     return fut.then(done)
 
 
-def register(ddp_model: torch.nn.parallel.DistributedDataParallel, **options) -> HookState:
+class _BufferBroadcast:
+    """DDP's buffer broadcast (before each forward, from the authoritative rank: 0, or under Join
+    the rank DDP agreed on) as one byte-wise broadcast on the hook's Communicator instead of a
+    Gloo broadcast per dtype on DDP's group. Buffers that are not contiguous CPU tensors take
+    DDP's own path."""
+
+    def __init__(self, state: HookState, ddp_broadcast) -> None:
+        self.state = state
+        self.ddp_broadcast = ddp_broadcast
+        self.flat: Optional[torch.Tensor] = None
+
+    def __call__(self, tensors: List[torch.Tensor], buffer_size: int, authoritative_rank: int = 0) -> None:
+        if not tensors or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+            return self.ddp_broadcast(tensors, buffer_size, authoritative_rank)
+        views = [t.detach().reshape(-1).view(torch.uint8) for t in tensors]
+        n = sum(v.numel() for v in views)
+        if self.flat is None or self.flat.numel() != n:
+            self.flat = torch.empty(n, dtype=torch.uint8)
+        comm = self.state.comm
+        if comm.rank == authoritative_rank:
+            torch.cat(views, out=self.flat)
+        comm.broadcast(self.flat, src=authoritative_rank)
+        if comm.rank != authoritative_rank:
+            offset = 0
+            for v in views:
+                v.copy_(self.flat[offset:offset + v.numel()])
+                offset += v.numel()
+        self.state.buffer_syncs += 1
+
+
+def _route_buffers(ddp_model: torch.nn.parallel.DistributedDataParallel, state: HookState) -> None:
+    # DDP broadcasts its buffers through this one method (only buffers: parameters are synced
+    # once, at construction); replacing it on the instance keeps DDP's choice of source rank.
+    ddp_model._distributed_broadcast_coalesced = _BufferBroadcast(state, ddp_model._distributed_broadcast_coalesced)
+
+
+def register(ddp_model: torch.nn.parallel.DistributedDataParallel, *, buffers: bool = True,
+             **options) -> HookState:
     """Registers :func:`allreduce_hook` on ``ddp_model`` over the group DDP itself uses.
 
-    ``options`` are :class:`HookState`'s keyword arguments. Returns the state (for ``stats()``).
-    Collective: call it on every rank.
+    ``options`` are :class:`HookState`'s keyword arguments. With ``buffers`` (the default), the
+    module buffers (BatchNorm running statistics) that DDP broadcasts before every forward also
+    go through the hook's Communicator (same source rank as DDP's, Join included) instead of
+    DDP's group. Returns the state (for ``stats()``). Collective: call it on every rank.
     """
     state = HookState(ddp_model.process_group, **options)
     ddp_model.register_comm_hook(state, allreduce_hook)
+    if buffers:
+        _route_buffers(ddp_model, state)
     return state
 
 
@@ -233,8 +275,8 @@ def fused_sgd_hook(state: FusedSGDState, bucket: dist.GradBucket) -> torch.futur
     return fut.then(update)
 
 
-def register_fused_optimizer(ddp_model: torch.nn.parallel.DistributedDataParallel, optimizer,
-                             **options) -> FusedSGDState:
+def register_fused_optimizer(ddp_model: torch.nn.parallel.DistributedDataParallel, optimizer, *,
+                             buffers: bool = True, **options) -> FusedSGDState:
     """Fuses ``optimizer``'s update into the DDP communication hook.
 
     Each bucket's parameters are updated (reading the lr from ``optimizer.param_groups`` every
@@ -248,10 +290,13 @@ def register_fused_optimizer(ddp_model: torch.nn.parallel.DistributedDataParalle
       * GradScaler, gradient clipping and sparse gradients need all gradients before any update
         and raise a RuntimeError.
 
-    ``optimizer`` must be a :class:`fastallreduce.optim.SGD`. Collective: call it on every rank.
+    ``optimizer`` must be a :class:`fastallreduce.optim.SGD`; ``buffers`` and ``options`` as in
+    :func:`register`. Collective: call it on every rank.
     """
     state = FusedSGDState(ddp_model.process_group, optimizer, **options)
     ddp_model.register_comm_hook(state, fused_sgd_hook)
+    if buffers:
+        _route_buffers(ddp_model, state)
     return state
 
 

@@ -8,9 +8,11 @@ import fastallreduce as far
 
 
 class Net(nn.Module):
-    def __init__(self, unused: bool = False, int_valued: bool = False):
+    def __init__(self, unused: bool = False, int_valued: bool = False, bn: bool = False):
         super().__init__()
         self.a = nn.Linear(16, 32)
+        # Buffers (running stats, an int64 counter) that DDP broadcasts before every forward.
+        self.bn = nn.BatchNorm1d(32) if bn else None
         self.b = nn.Linear(32, 32)
         self.c = nn.Linear(32, 4)
         self.unused = nn.Linear(4, 4) if unused else None
@@ -20,24 +22,25 @@ class Net(nn.Module):
                     p.copy_(torch.randint(-2, 3, p.shape).float())
 
     def forward(self, x):
-        h = torch.relu(self.a(x))
+        h = self.a(x)
+        h = torch.relu(self.bn(h) if self.bn is not None else h)
         h = torch.relu(self.b(h))
         return self.c(h)
 
 
 def train(hook: bool, steps: int = 10, *, compression=None, gradient_as_bucket_view=False, static_graph=False,
           find_unused=False, unused=False, accumulate=1, bucket_cap_mb=0.002, group_ranks=None,
-          uneven=False, int_valued=False, algorithm="auto"):
-    """Trains the same model with DDP; returns the final parameters (and hook stats)."""
+          uneven=False, int_valued=False, algorithm="auto", bn=False, buffers=True):
+    """Trains the same model with DDP; returns the final parameters and buffers (and hook stats)."""
     rank = dist.get_rank()
     group = dist.new_group(group_ranks) if group_ranks is not None else None
     if group_ranks is not None and rank not in group_ranks:
         return None
     torch.manual_seed(0)
-    model = Net(unused=unused, int_valued=int_valued)
+    model = Net(unused=unused, int_valued=int_valued, bn=bn)
     ddp = DDP(model, process_group=group, gradient_as_bucket_view=gradient_as_bucket_view,
               static_graph=static_graph, find_unused_parameters=find_unused, bucket_cap_mb=bucket_cap_mb)
-    state = far.ddp.register(ddp, compression=compression, algorithm=algorithm) if hook else None
+    state = far.ddp.register(ddp, compression=compression, algorithm=algorithm, buffers=buffers) if hook else None
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05 if not int_valued else 2.0 ** -10, momentum=0.0 if int_valued else 0.9)
     g = torch.Generator().manual_seed(100 + rank)
     n_batches = steps * accumulate + (rank if uneven else 0)
@@ -71,11 +74,12 @@ def train(hook: bool, steps: int = 10, *, compression=None, gradient_as_bucket_v
                 else:
                     step_loss(x).backward()
             opt.step()
-    params = [p.detach().clone() for p in model.parameters()]
+    params = [p.detach().clone() for p in model.parameters()] + [b.clone() for b in model.buffers()]
     stats = state.stats() if state is not None else None
     if state is not None:
         logging_data = ddp._get_ddp_logging_data()
-        stats = dict(stats, comm_hook=logging_data.get("comm_hook"))
+        stats = dict(stats, comm_hook=logging_data.get("comm_hook"), buffer_syncs=state.buffer_syncs,
+                     forwards=n_batches)
     return params, stats
 
 

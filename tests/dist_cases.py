@@ -80,16 +80,24 @@ def check_allreduce(algorithm, n, dtype_name, op, seed=0, out_of_place=False, ki
     else:
         res = c.allreduce(x, op=op)
         assert res is x
-    if dtype == torch.bool:
-        err = float((res != ref).sum())
-    elif dtype.is_floating_point:
+    return error(res, ref), digest_of(res), c.last_algorithm
+
+
+def error(res, ref):
+    """Max abs difference (NaN against NaN counts as equal; bool: number of differing elements)."""
+    if res.numel() == 0:
+        return 0.0
+    if res.dtype == torch.bool:
+        return float((res != ref).sum())
+    if res.dtype.is_floating_point:
         diff = (res.double() - ref.double()).abs()
         both_nan = torch.isnan(res.double()) & torch.isnan(ref.double())
-        err = float(torch.where(both_nan, torch.zeros_like(diff), diff).nan_to_num(float("inf")).max()) if n else 0.0
-    else:
-        err = float((res.long() - ref.long()).abs().max()) if n else 0.0
-    digest = hashlib.sha1(res.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest() if n else ""
-    return err, digest, c.last_algorithm
+        return float(torch.where(both_nan, torch.zeros_like(diff), diff).nan_to_num(float("inf")).max())
+    return float((res.long() - ref.long()).abs().max())
+
+
+def digest_of(t):
+    return hashlib.sha1(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest() if t.numel() else ""
 
 
 DTYPES = ["float32", "float64", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "bool"]
@@ -111,3 +119,86 @@ def run_cases(cases, hosts=None):
         out.append(check_allreduce(algorithm, n, dtype_name, op, seed=seed, out_of_place=oop, kind=kind,
                                    hosts=hosts, async_op=async_op))
     return out
+
+
+def check_family(cases, hosts=None):
+    """The Communicator's broadcast / all_gather / reduce_scatter on exactly computable inputs.
+
+    Each case is (kind, n, dtype, op, seed, async_op); n is elements per rank block. Broadcasts
+    and gathers must equal the other ranks' inputs bit for bit (each rank regenerates them from
+    their seeds); reduce_scatter must equal this rank's block of gloo's all_reduce of the whole
+    input. Returns (error, result digest, engine path) per case.
+    """
+    c = comm("auto", hosts, timeout=timedelta(seconds=60))
+    rank, k = dist.get_rank(), dist.get_world_size()
+    out = []
+    for kind, n, dtype_name, op, seed, async_op in cases:
+        dtype = getattr(torch, dtype_name)
+        finish = (lambda r: r.wait()) if async_op else (lambda r: r)
+        if kind == "broadcast":
+            root = seed % k
+            t = make_input(rank, n, dtype, seed)
+            res = finish(c.broadcast(t, src=root, async_op=async_op))
+            assert res.data_ptr() == t.data_ptr()
+            ref = make_input(root, n, dtype, seed)
+        elif kind == "all_gather":
+            x = make_input(rank, n, dtype, seed).reshape(n, 1)  # any shape: gathered flat
+            keep = x.clone()
+            res = finish(c.all_gather(torch.empty(k * n, dtype=dtype), x, async_op=async_op))
+            assert torch.equal(x, keep), "all_gather modified its input"
+            ref = torch.cat([make_input(r, n, dtype, seed) for r in range(k)])
+        else:
+            x = make_input(rank, k * n, dtype, seed, "pm2" if op == "product" else "int")
+            keep = x.clone()
+            ref = reference(x, op)[rank * n:(rank + 1) * n]
+            res = finish(c.reduce_scatter(torch.empty(n, dtype=dtype), x, op=op, async_op=async_op))
+            assert torch.equal(x, keep), "reduce_scatter modified its input"
+        assert res.dtype == dtype and res.numel() == ref.numel(), (res.dtype, res.shape, ref.shape)
+        # Every rank must hold the same bytes after a broadcast or gather (its own block after a reduce_scatter).
+        digest = digest_of(res) if kind != "reduce_scatter" else kind
+        out.append((error(res, ref), digest, c._c.supports_gather_family()))
+    return out
+
+
+def family_bad_inputs():
+    """Bad arguments raise before anything is sent: a good call right after still works."""
+    c = comm("auto", timeout=timedelta(seconds=30))
+    k = dist.get_world_size()
+    x = torch.arange(4.0)
+    raised = []
+    for call in (
+        lambda: c.all_gather(torch.empty(4 * k + 1), x),  # wrong output size
+        lambda: c.all_gather(torch.empty(4 * k, dtype=torch.float64), x),  # dtype differs
+        lambda: c.reduce_scatter(torch.empty(3), x.repeat(k)),  # input is not size x output
+        lambda: c.reduce_scatter(torch.empty(4, dtype=torch.int32), x.int().repeat(k), op="avg"),  # avg on ints
+        lambda: c.broadcast(x, src=k),  # no such rank
+        lambda: c.broadcast(x, src=-1),
+        lambda: c.broadcast(torch.arange(8.0)[::2]),  # not contiguous
+        lambda: c.all_gather(x, x),  # overlap
+        lambda: c.reduce_scatter(torch.empty(4), x.repeat(k), op="xor"),
+        lambda: c.broadcast([1, 2]),
+        lambda: c.broadcast(torch.ones(2, dtype=torch.complex64)),
+    ):
+        try:
+            call()
+            raised.append(None)
+        except (TypeError, ValueError) as e:
+            raised.append(type(e).__name__)
+    y = torch.full((3,), float(dist.get_rank()))
+    c.broadcast(y, src=k - 1)
+    return raised, y.tolist()
+
+
+def family_mismatch():
+    """Rank 0 broadcasts while the others all_gather: MismatchError on every rank."""
+    c = far.Communicator(timeout=timedelta(seconds=20))
+    try:
+        if dist.get_rank() == 0:
+            c.broadcast(torch.ones(4), src=0)
+        else:
+            c.all_gather(torch.empty(4 * dist.get_world_size()), torch.ones(4))
+        return "no error"
+    except far.MismatchError as e:
+        return f"MismatchError: {e}"
+    finally:
+        c.close()

@@ -104,3 +104,43 @@ def test_shm_oneshot_threshold_two_ranks(pool):
                                                (8_192, "float64", "min"), (8_193, "int64", "sum")])]
     res = pool(2).run(dc.run_cases, cases, timeout=300)
     _check(res, cases, 2)
+
+
+def _family_cases():
+    cases, seed = [], 100
+    for kind in ("broadcast", "all_gather", "reduce_scatter"):
+        for dt in dc.DTYPES:
+            ops = [op for op in dc.OPS if dc.valid(dt, op)] if kind == "reduce_scatter" else ["sum"]
+            for op in ops:
+                for n in (0, 1, 1009):
+                    seed += 1
+                    cases.append((kind, n, dt, op, seed, seed % 3 == 0))
+        # several shared-memory chunks and slots per call
+        cases.append((kind, 1_000_003, "float32", "sum", seed + 1, False))
+        cases.append((kind, 700_001, "bfloat16", "avg" if kind == "reduce_scatter" else "sum", seed + 2, True))
+    return cases
+
+
+@pytest.mark.parametrize("world,hosts", [(1, None), (2, None), (3, None), (4, None),
+                                         (3, ["a", "a", "b"]), (4, ["a", "b", "a", "b"])])
+def test_gather_family(pool, world, hosts):
+    """broadcast / all_gather / reduce_scatter: bit-exact against the inputs (gathers, broadcasts)
+    and against gloo's all_reduce (reduce_scatter), sync and async, on shared memory (one host)
+    and through the engine's allreduce (simulated hosts)."""
+    cases = _family_cases()
+    res = pool(world).run(dc.check_family, cases, hosts, timeout=600)
+    _check(res, cases, world)
+    assert {r[2] for rank in res for r in rank} == {hosts is None}
+
+
+def test_gather_family_bad_inputs(pool):
+    res = pool(2).run(dc.family_bad_inputs, timeout=60)
+    for raised, y in res:
+        assert raised == ["ValueError", "TypeError", "ValueError", "TypeError", "ValueError", "ValueError",
+                          "ValueError", "ValueError", "ValueError", "TypeError", "TypeError"], raised
+        assert y == [1.0, 1.0, 1.0]
+
+
+def test_gather_family_mismatch(pool):
+    res = pool(2).run(dc.family_mismatch, timeout=90)
+    assert all(r.startswith("MismatchError") and "broadcast" in r and "allgather" in r for r in res), res

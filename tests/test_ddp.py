@@ -25,10 +25,17 @@ def _compare(pool, world, tol=None, **kw):
 
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_parity_default(pool, world):
-    got = _compare(pool, world)
+    # A BatchNorm model: its buffers (compared too) are broadcast through the Communicator.
+    got = _compare(pool, world, bn=True)
     stats = got[0][1]
     assert stats["bytes"] > 0 and stats["buckets"] >= 2
     assert "allreduce_hook" in stats["comm_hook"]
+    assert all(g[1]["buffer_syncs"] == 10 for g in got), [g[1] for g in got]
+
+
+def test_buffers_left_to_ddp(pool):
+    got = _compare(pool, 2, bn=True, buffers=False)
+    assert all(g[1]["buffer_syncs"] == 0 for g in got)
 
 
 def test_integer_valued_model_exact(pool):
@@ -44,15 +51,19 @@ def test_integer_valued_model_exact(pool):
                                  dict(find_unused=True, unused=True), dict(accumulate=3),
                                  dict(algorithm="ring"), dict(algorithm="halving_doubling")])
 def test_parity_options(pool, opt):
-    _compare(pool, 2, **opt)
+    _compare(pool, 2, bn=True, **opt)
 
 
 def test_parity_subgroup(pool):
-    _compare(pool, 3, group_ranks=[0, 2])
+    _compare(pool, 3, group_ranks=[0, 2], bn=True)
 
 
-def test_join_uneven_inputs(pool):
-    _compare(pool, 2, uneven=True)
+@pytest.mark.parametrize("world", [2, 3])
+def test_join_uneven_inputs(pool, world):
+    # Rank r runs 10 + r steps. Once rank 0 has joined, DDP takes the buffers from a rank still
+    # training; the broadcast through the Communicator must use the same source.
+    got = _compare(pool, world, uneven=True, bn=True)
+    assert all(g[1]["buffer_syncs"] == 10 + world - 1 for g in got), [g[1] for g in got]
 
 
 @pytest.mark.parametrize("compression,tol", [("bf16", 2e-2), ("fp16", 2e-3)])

@@ -69,6 +69,43 @@ Call make_call(const Communicator& comm, const at::Tensor& t, const c10::optiona
   return c;
 }
 
+// allgather / reduce_scatter / broadcast: validated like allreduce, plus the sizes the group
+// implies (allgather: output = size x input; reduce_scatter: input = size x output).
+Call make_family_call(const Communicator& comm, int kind, const at::Tensor& in, const at::Tensor& out, int op,
+                      int root) {
+  if (kind < static_cast<int>(Kind::kAllgather) || kind > static_cast<int>(Kind::kBroadcast))
+    throw py::value_error("fastallreduce: unknown collective code " + std::to_string(kind));
+  const Kind k = static_cast<Kind>(kind);
+  validate(in, c10::nullopt, k == Kind::kReduceScatter ? op : static_cast<int>(RedOp::kMax));
+  validate(out, c10::nullopt, k == Kind::kReduceScatter ? op : static_cast<int>(RedOp::kMax));
+  if (out.scalar_type() != in.scalar_type())
+    throw py::type_error(std::string("fastallreduce: output has dtype ") + c10::toString(out.scalar_type()) +
+                         ", input has " + c10::toString(in.scalar_type()));
+  const int64_t n = comm.size();
+  if (k == Kind::kAllgather && out.numel() != n * in.numel())
+    throw py::value_error("fastallreduce: allgather output has " + std::to_string(out.numel()) +
+                          " elements; it needs group size x input = " + std::to_string(n * in.numel()));
+  if (k == Kind::kReduceScatter && in.numel() != n * out.numel())
+    throw py::value_error("fastallreduce: reduce_scatter input has " + std::to_string(in.numel()) +
+                          " elements; it needs group size x output = " + std::to_string(n * out.numel()));
+  if (k == Kind::kBroadcast && (root < 0 || root >= n))
+    throw py::value_error("fastallreduce: broadcast src " + std::to_string(root) + " is not a rank of the group (size " +
+                          std::to_string(n) + ")");
+  if (k != Kind::kBroadcast && in.numel() > 0 && out.numel() > 0) {
+    const char *a = static_cast<const char*>(in.data_ptr()), *b = static_cast<const char*>(out.data_ptr());
+    if (a < b + out.nbytes() && b < a + in.nbytes())
+      throw py::value_error(std::string("fastallreduce: ") + kind_name(k) + " input and output overlap");
+  }
+  Call c;
+  c.input = in;
+  c.output = k == Kind::kBroadcast ? in : out;
+  c.op = static_cast<RedOp>(op);
+  c.algo = Algo::kShm;
+  c.kind = k;
+  c.root = root;
+  return c;
+}
+
 void bind(py::module& m) {
   auto base = py::register_exception<CommError>(m, "CommError", PyExc_RuntimeError);
   py::register_exception<MismatchError>(m, "MismatchError", base.ptr());
@@ -133,6 +170,28 @@ void bind(py::module& m) {
       .def("allreduce_async",
            [](Communicator& c, const at::Tensor& t, const c10::optional<at::Tensor>& out, int op, int algo) {
              Call call = make_call(c, t, out, op, algo);
+             return std::make_shared<torch::jit::PythonFutureWrapper>(c.run_async(std::move(call)));
+           })
+      .def("supports_gather_family", &Communicator::supports_gather_family)
+      // Checks the arguments and raises as `collective` would; sends nothing (the Python
+      // fallback across hosts validates with it before it starts).
+      .def("check_collective",
+           [](Communicator& c, int kind, const at::Tensor& in, const at::Tensor& out, int op, int root) {
+             make_family_call(c, kind, in, out, op, root);
+           })
+      .def("collective",
+           [](Communicator& c, int kind, const at::Tensor& in, const at::Tensor& out, int op, int root) {
+             Call call = make_family_call(c, kind, in, out, op, root);
+             at::Tensor result = call.output;
+             {
+               py::gil_scoped_release nogil;
+               c.run(std::move(call));
+             }
+             return result;
+           })
+      .def("collective_async",
+           [](Communicator& c, int kind, const at::Tensor& in, const at::Tensor& out, int op, int root) {
+             Call call = make_family_call(c, kind, in, out, op, root);
              return std::make_shared<torch::jit::PythonFutureWrapper>(c.run_async(std::move(call)));
            })
       .def("choose", [](const Communicator& c, size_t bytes) { return std::string(algo_name(c.choose(bytes))); })

@@ -22,8 +22,9 @@ from ..models import BasicBlock
 #: Measured modes, in the order of each round: no communication; DDP's default reducer on gloo (the
 #: default group); the same reducer on a fastallreduce-backend group; DDP with the fastallreduce hook.
 MODES = ("nocomm", "ddp", "ddp_far", "hook")
-#: Extra mode with --machinery: DDP with a hook that returns the bucket untouched, i.e. what DDP's
-#: own bucketing costs without any communication (the floor under every DDP mode).
+#: Extra mode with --machinery: DDP with a hook that returns the bucket untouched and no buffer
+#: broadcast, i.e. what DDP's own bucketing costs without any communication (the floor under
+#: every DDP mode).
 MACHINERY = "ddp_noop"
 
 
@@ -61,7 +62,8 @@ def _rank_run(mode: str, bucket_mb: float, steps: int, warmup: int, batch: int, 
         # on the first such round, collectively -- every rank runs the same configs in the same
         # order -- and reused by later rounds).
         group = far.backend.world_group() if mode == "ddp_far" else None
-        net = DDP(model, bucket_cap_mb=bucket_mb, process_group=group, gradient_as_bucket_view=as_view)
+        quiet = {"forward_sync_buffers": False} if mode == MACHINERY else {}
+        net = DDP(model, bucket_cap_mb=bucket_mb, process_group=group, gradient_as_bucket_view=as_view, **quiet)
         if mode == "hook":
             state = far.ddp.register(net)
         elif mode == MACHINERY:
@@ -94,6 +96,8 @@ def run(world: int = 2, steps: int = 10, warmup: int = 3, bucket_mbs=(25.0, 1.0)
     """Measures every mode in one run on the same processes; returns one row per (mode, bucket).
 
     ``gradient_as_bucket_view`` is passed to every DDP; ``machinery`` adds the ``ddp_noop`` mode.
+    The hook mode is ``fastallreduce.ddp.register(ddp)``: gradients and DDP's buffer broadcast on
+    the Communicator.
     """
     own = pool is None
     pool = pool or RankPool(world, threads=1)
@@ -140,7 +144,7 @@ def format_table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     names = {"nocomm": "no communication", "ddp": "DDP default (gloo)",
              "ddp_far": "DDP default reducer on the fastallreduce backend", "hook": "DDP + fastallreduce hook",
-             MACHINERY: "DDP + no-op hook (DDP's own cost, no communication)"}
+             MACHINERY: "DDP + no-op hook, no buffer broadcast (DDP's own cost, no communication)"}
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
