@@ -45,6 +45,7 @@ _DEFAULTS = {
     "FASTALLREDUCE_SHM_SLOT_BYTES": 4 << 20,
     "FASTALLREDUCE_SHM_ONESHOT_BYTES": 32 * 1024,
     "FASTALLREDUCE_SHM_CHUNK_BYTES": 512 * 1024,
+    "FASTALLREDUCE_WORKER_IDLE": 1,
 }
 _DEFAULT_TIMEOUT = timedelta(minutes=30)  # torch.distributed's default for gloo
 
@@ -206,7 +207,7 @@ class Communicator:
                                   local_index, self.local_ranks, [infos[r]["pid"] for r in self.local_ranks],
                                   self.num_hosts, self.uniform_hosts, self._cross,
                                   int(cfg["FASTALLREDUCE_SHM_SLOT_BYTES"]), int(cfg["FASTALLREDUCE_SHM_ONESHOT_BYTES"]),
-                                  int(cfg["FASTALLREDUCE_SHM_CHUNK_BYTES"]))
+                                  int(cfg["FASTALLREDUCE_SHM_CHUNK_BYTES"]), bool(cfg["FASTALLREDUCE_WORKER_IDLE"]))
         if algorithm != "auto" and not self._c.supports(_ALGO_CODE[algorithm]):
             self._c.close()
             raise ValueError(f"fastallreduce: algorithm={algorithm!r} cannot run on this topology "

@@ -118,7 +118,7 @@ void bind(py::module& m) {
                        double beta_gbps, std::string name, int local_rank, std::vector<int> local_ranks,
                        std::vector<int> local_pids, int num_hosts, bool uniform,
                        c10::optional<c10::intrusive_ptr<c10d::Backend>> cross, int64_t shm_slot_bytes,
-                       int64_t oneshot_bytes, int64_t shm_chunk_bytes) {
+                       int64_t oneshot_bytes, int64_t shm_chunk_bytes, bool worker_idle) {
              CommConfig cfg;
              cfg.timeout_ms = timeout_ms;
              cfg.algo.chunk_bytes = static_cast<size_t>(chunk_bytes);
@@ -130,6 +130,7 @@ void bind(py::module& m) {
              cfg.shm_slot_bytes = static_cast<size_t>(shm_slot_bytes);
              cfg.shm.oneshot_bytes = static_cast<size_t>(oneshot_bytes);
              cfg.shm.chunk_bytes = static_cast<size_t>(shm_chunk_bytes);
+             cfg.worker_idle = worker_idle;
              Topology topo;
              topo.local_rank = local_rank;
              topo.local.group_ranks = std::move(local_ranks);
@@ -155,7 +156,8 @@ void bind(py::module& m) {
            py::arg("pg"), py::arg("store"), py::arg("timeout_ms"), py::arg("chunk_bytes"), py::arg("window"),
            py::arg("threads"), py::arg("alpha_us"), py::arg("beta_gbps"), py::arg("name"), py::arg("local_rank"),
            py::arg("local_ranks"), py::arg("local_pids"), py::arg("num_hosts"), py::arg("uniform"), py::arg("cross"),
-           py::arg("shm_slot_bytes"), py::arg("oneshot_bytes"), py::arg("shm_chunk_bytes"))
+           py::arg("shm_slot_bytes"), py::arg("oneshot_bytes"), py::arg("shm_chunk_bytes"),
+           py::arg("worker_idle") = true)
       .def("supports", [](const Communicator& c, int algo) { return c.supports(static_cast<Algo>(algo)); })
       .def("allreduce",
            [](Communicator& c, const at::Tensor& t, const c10::optional<at::Tensor>& out, int op, int algo) {

@@ -2,6 +2,9 @@
 
 #include <ATen/record_function.h>
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -112,6 +115,7 @@ void Communicator::interrupt_transports() {
 }
 
 void Communicator::watchdog_loop() {
+  pthread_setname_np(pthread_self(), "far-watchdog");
   auto next_store_poll = Clock::now();
   std::unique_lock<std::mutex> lk(wd_mu_);
   while (!wd_stop_) {
@@ -210,6 +214,18 @@ c10::intrusive_ptr<c10::ivalue::Future> Communicator::run_async(Call call) {
 }
 
 void Communicator::worker_loop() {
+  // Async ops (DDP buckets) run while the caller computes. When compute keeps every core busy,
+  // as CPU training does, a normal-priority worker preempts a compute thread for each chunk
+  // hand-off and slows backprop by more than the reduction itself costs (DDP step, 2 ranks on
+  // 2 cores: README). Under SCHED_IDLE it runs on cores the compute leaves idle, at the latest
+  // when the caller waits for the result; with a spare core nothing changes. Sync calls run on
+  // the caller's thread at its priority. Failing to switch (a sandbox) only loses this.
+  pthread_setname_np(pthread_self(), "far-worker");  // visible in top -H, perf, py-spy
+  if (cfg_.worker_idle) {
+    sched_param sp{};
+    sp.sched_priority = 0;
+    pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+  }
   for (;;) {
     std::unique_lock<std::mutex> lk(mu_);
     cv_.wait(lk, [&] { return (!queue_.empty() && !busy_) || (stop_ && queue_.empty() && !busy_); });

@@ -31,6 +31,9 @@ struct CommConfig {
   ShmOptions shm;
   size_t shm_slot_bytes = 4 << 20;
   std::string name = "fastallreduce";
+  // Run the async worker under SCHED_IDLE: it takes only CPU time the process's compute threads
+  // leave (see worker_loop).
+  bool worker_idle = true;
 };
 
 // Which ranks share this host, learned by the Python layer from exchanged host identities.
