@@ -202,3 +202,21 @@ def family_mismatch():
         return f"MismatchError: {e}"
     finally:
         c.close()
+
+
+def worker_policy(idle: str):
+    """Scheduling policy of this process's fastallreduce worker thread, with FASTALLREDUCE_WORKER_IDLE=idle."""
+    import os
+
+    os.environ["FASTALLREDUCE_WORKER_IDLE"] = idle
+    try:
+        c = far.Communicator()
+    finally:
+        del os.environ["FASTALLREDUCE_WORKER_IDLE"]
+    try:
+        c.allreduce(torch.ones(4), async_op=True).wait()
+        pols = [os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")
+                if open(f"/proc/self/task/{t}/comm").read().strip() == "far-worker"]
+        return pols, os.SCHED_IDLE
+    finally:
+        c.close()

@@ -144,3 +144,10 @@ def test_gather_family_bad_inputs(pool):
 def test_gather_family_mismatch(pool):
     res = pool(2).run(dc.family_mismatch, timeout=90)
     assert all(r.startswith("MismatchError") and "broadcast" in r and "allgather" in r for r in res), res
+
+
+@pytest.mark.parametrize("idle", ["1", "0"])
+def test_worker_priority(pool, idle):
+    """The async worker runs under SCHED_IDLE unless FASTALLREDUCE_WORKER_IDLE=0."""
+    (pols, sched_idle), = pool(1).run(dc.worker_policy, idle, timeout=60)
+    assert pols == [sched_idle if idle == "1" else 0]
