@@ -208,6 +208,10 @@ def worker_policy(idle: str):
     """Scheduling policy of this process's fastallreduce worker thread, with FASTALLREDUCE_WORKER_IDLE=idle."""
     import os
 
+    def workers():
+        return {t for t in os.listdir("/proc/self/task") if open(f"/proc/self/task/{t}/comm").read().strip() == "far-worker"}
+
+    before = workers()  # communicators earlier tests left in this process
     os.environ["FASTALLREDUCE_WORKER_IDLE"] = idle
     try:
         c = far.Communicator()
@@ -215,8 +219,7 @@ def worker_policy(idle: str):
         del os.environ["FASTALLREDUCE_WORKER_IDLE"]
     try:
         c.allreduce(torch.ones(4), async_op=True).wait()
-        pols = [os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")
-                if open(f"/proc/self/task/{t}/comm").read().strip() == "far-worker"]
+        pols = [os.sched_getscheduler(int(t)) for t in workers() - before]
         return pols, os.SCHED_IDLE
     finally:
         c.close()
