@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import logging
@@ -60,6 +61,18 @@ def _env_config() -> dict:
         raw = os.environ.get(key)
         cfg[key] = type(default)(raw) if raw else default
     return cfg
+
+
+@contextlib.contextmanager
+def _engine_errors():
+    """The bindings report a missing path as RuntimeError("NotImplementedError: ..."): re-raise it
+    as NotImplementedError."""
+    try:
+        yield
+    except RuntimeError as e:
+        if str(e).startswith("NotImplementedError: "):
+            raise NotImplementedError(str(e)[len("NotImplementedError: "):]) from None
+        raise
 
 
 def host_identity() -> str:
@@ -233,23 +246,17 @@ class Communicator:
         dtypes raises TypeError. max/min propagate NaN like torch.maximum/minimum. float16 and
         bfloat16 are computed in float32; the point-to-point algorithms round at each hop.
         """
-        if os.getpid() != self._pid:
-            raise RuntimeError("fastallreduce: a Communicator cannot be used in a forked child process; "
-                               "create a new one after init_process_group() in the child")
+        self._check_process()
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"fastallreduce: expected a torch.Tensor, got {type(tensor).__name__}")
         if out is not None and not isinstance(out, torch.Tensor):
             raise TypeError(f"fastallreduce: out must be a torch.Tensor, got {type(out).__name__}")
         algo = self._algo if algorithm is None else self._algo_code(algorithm)
         code = _op_code(op)
-        try:
+        with _engine_errors():
             if async_op:
                 return self._c.allreduce_async(tensor, out, code, algo)
             return self._c.allreduce(tensor, out, code, algo)
-        except RuntimeError as e:
-            if str(e).startswith("NotImplementedError: "):
-                raise NotImplementedError(str(e)[len("NotImplementedError: "):]) from None
-            raise
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0, *, async_op: bool = False):
         """Copies ``tensor`` of group rank ``src`` into ``tensor`` on every rank (in place).
@@ -274,25 +281,19 @@ class Communicator:
         return self._collective(_KIND_REDUCE_SCATTER, input, output, op, 0, async_op)
 
     def _collective(self, kind: int, input: torch.Tensor, output: torch.Tensor, op: Any, root: int, async_op: bool):
-        if os.getpid() != self._pid:
-            raise RuntimeError("fastallreduce: a Communicator cannot be used in a forked child process; "
-                               "create a new one after init_process_group() in the child")
+        self._check_process()
         for name, t in (("input", input), ("output", output)):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"fastallreduce: {name} must be a torch.Tensor, got {type(t).__name__}")
         if not isinstance(root, int) or isinstance(root, bool):
             raise TypeError(f"fastallreduce: src must be an int, got {type(root).__name__}")
         code = _op_code(op)
-        try:
+        with _engine_errors():
             if self._c.supports_gather_family():  # shared memory: every rank on one host
                 if async_op:
                     return self._c.collective_async(kind, input, output, code, root)
                 return self._c.collective(kind, input, output, code, root)
             self._c.check_collective(kind, input, output, code, root)
-        except RuntimeError as e:
-            if str(e).startswith("NotImplementedError: "):
-                raise NotImplementedError(str(e)[len("NotImplementedError: "):]) from None
-            raise
         return self._via_allreduce(kind, input, output, code, root, async_op)
 
     def _via_allreduce(self, kind: int, input: torch.Tensor, output: torch.Tensor, code: int, root: int,
@@ -315,9 +316,8 @@ class Communicator:
                     work.zero_()
             else:
                 n = input.numel() * input.element_size()
-                mine = input.detach().reshape(-1).view(torch.uint8).clone()
-                work.zero_()
-                work[self.rank * n:(self.rank + 1) * n].copy_(mine)
+                work.zero_()  # input and output never overlap (checked)
+                work[self.rank * n:(self.rank + 1) * n].copy_(input.detach().reshape(-1).view(torch.uint8))
 
             def finish(t: torch.Tensor) -> torch.Tensor:
                 return output
@@ -325,6 +325,11 @@ class Communicator:
         if async_op:
             return self._c.allreduce_async(work, None, red, self._algo).then(lambda f: finish(f.value()))
         return finish(self._c.allreduce(work, None, red, self._algo))
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError("fastallreduce: a Communicator cannot be used in a forked child process; "
+                               "create a new one after init_process_group() in the child")
 
     @staticmethod
     def _algo_code(name: str) -> int:
