@@ -163,7 +163,10 @@ class _BufferBroadcast:
 def _route_buffers(ddp_model: torch.nn.parallel.DistributedDataParallel, state: HookState) -> None:
     # DDP broadcasts its buffers through this one method (only buffers: parameters are synced
     # once, at construction); replacing it on the instance keeps DDP's choice of source rank.
-    ddp_model._distributed_broadcast_coalesced = _BufferBroadcast(state, ddp_model._distributed_broadcast_coalesced)
+    # A torch without it keeps DDP's own broadcast (state.buffer_syncs stays 0).
+    ddp_broadcast = getattr(ddp_model, "_distributed_broadcast_coalesced", None)
+    if ddp_broadcast is not None:
+        ddp_model._distributed_broadcast_coalesced = _BufferBroadcast(state, ddp_broadcast)
 
 
 def register(ddp_model: torch.nn.parallel.DistributedDataParallel, *, buffers: bool = True,
