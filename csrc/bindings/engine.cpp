@@ -76,8 +76,10 @@ Call make_family_call(const Communicator& comm, int kind, const at::Tensor& in, 
   if (kind < static_cast<int>(Kind::kAllgather) || kind > static_cast<int>(Kind::kBroadcast))
     throw py::value_error("fastallreduce: unknown collective code " + std::to_string(kind));
   const Kind k = static_cast<Kind>(kind);
-  validate(in, c10::nullopt, k == Kind::kReduceScatter ? op : static_cast<int>(RedOp::kMax));
-  validate(out, c10::nullopt, k == Kind::kReduceScatter ? op : static_cast<int>(RedOp::kMax));
+  // Gathers and broadcasts copy: any dtype the engine moves, bool included (checked as max).
+  const int check_op = k == Kind::kReduceScatter ? op : static_cast<int>(RedOp::kMax);
+  validate(in, c10::nullopt, check_op);
+  if (k != Kind::kBroadcast) validate(out, c10::nullopt, check_op);  // broadcast is in place
   if (out.scalar_type() != in.scalar_type())
     throw py::type_error(std::string("fastallreduce: output has dtype ") + c10::toString(out.scalar_type()) +
                          ", input has " + c10::toString(in.scalar_type()));
