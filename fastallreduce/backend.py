@@ -24,7 +24,6 @@ the engine algorithm of every allreduce (default ``auto``: the cost model).
 from __future__ import annotations
 
 import atexit
-import itertools
 import os
 from datetime import timedelta
 
@@ -32,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from . import _C
-from .communicator import _ALGO_CODE, ALGORITHMS, Communicator
+from .communicator import _ALGO_CODE, _MAX_TIMEOUT, ALGORITHMS, _gloo
 
 #: The name to pass to ``torch.distributed.init_process_group``.
 BACKEND_NAME = "fastallreduce"
@@ -41,33 +40,18 @@ DEVICES = ["cpu"] + (["cuda"] if getattr(_C, "with_cuda", False) else [])
 
 
 
-# Names this process's engines apart (their shared-memory segments are named after it).
-_made = itertools.count()
-
-
-def _algorithm() -> str:
-    name = os.environ.get("FASTALLREDUCE_BACKEND_ALGORITHM", "auto")
-    if name not in ALGORITHMS:
-        raise ValueError(f"fastallreduce: FASTALLREDUCE_BACKEND_ALGORITHM={name!r}; choose from {ALGORITHMS}")
-    return name
-
-
 def create_backend(store: dist.Store, rank: int, size: int, timeout: timedelta) -> "_C.FastAllreduceBackend":
     """The creator torch.distributed calls (collectively) for each group on this backend.
 
-    ``store`` is already private to the group and device (torch prefixes it). Builds a Gloo
-    backend on it for the delegated collectives, and a Communicator (which makes its own Gloo
-    backend for its point-to-point traffic).
+    ``store`` is already private to the group and device (torch prefixes it). The C++ backend
+    makes its engine and the Gloo backend it delegates to from it; an invalid
+    ``FASTALLREDUCE_BACKEND_ALGORITHM`` on any rank makes every rank raise ValueError.
     """
-    algorithm = _algorithm()
-    delegate = dist.ProcessGroupGloo(dist.PrefixStore("fastallreduce/delegate/", store), rank, size, timeout)
-    # The engine makes its own Gloo backend from its own store: its traffic never interleaves
-    # with the delegated collectives.
-    comm = Communicator._from_store(dist.PrefixStore("fastallreduce/engine/", store), rank, size,
-                                    algorithm=algorithm, timeout=timeout, uid=f"backend{next(_made)}")
-    # The backend owns the engine from here on (destroy_process_group shuts it down).
-    return _C.FastAllreduceBackend(comm._c, delegate, rank, size, int(timeout.total_seconds() * 1000),
-                                   _ALGO_CODE[algorithm])
+    name = os.environ.get("FASTALLREDUCE_BACKEND_ALGORITHM", "auto")
+    error = "" if name in ALGORITHMS else (
+        f"fastallreduce: FASTALLREDUCE_BACKEND_ALGORITHM={name!r}; choose from {ALGORITHMS}")
+    timeout_ms = int(min(timeout, _MAX_TIMEOUT) / timedelta(milliseconds=1))
+    return _C.FastAllreduceBackend(store, rank, size, timeout_ms, _ALGO_CODE.get(name, 0), _gloo, local_error=error)
 
 
 def register() -> None:

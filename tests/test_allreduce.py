@@ -136,8 +136,9 @@ def test_gather_family(pool, world, hosts):
 def test_gather_family_bad_inputs(pool):
     res = pool(2).run(dc.family_bad_inputs, timeout=60)
     for raised, y in res:
+        # A non-contiguous tensor (7th call) is staged, not refused.
         assert raised == ["ValueError", "TypeError", "ValueError", "TypeError", "ValueError", "ValueError",
-                          "ValueError", "ValueError", "ValueError", "TypeError", "TypeError"], raised
+                          None, "ValueError", "ValueError", "TypeError", "TypeError"], raised
         assert y == [1.0, 1.0, 1.0]
 
 

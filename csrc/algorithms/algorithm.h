@@ -10,9 +10,6 @@
 
 namespace far {
 
-enum class Algo : uint8_t { kAuto, kRing, kHalvingDoubling, kShm, kHierarchical };
-const char* algo_name(Algo a);
-
 // One in-place allreduce of `count` elements at `buf`.
 struct Job {
   void* buf = nullptr;

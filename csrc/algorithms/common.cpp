@@ -9,11 +9,6 @@
 
 namespace far {
 
-const char* algo_name(Algo a) {
-  static const char* names[] = {"auto", "ring", "halving_doubling", "shm", "hierarchical"};
-  return names[static_cast<int>(a)];
-}
-
 char* Staging::get(int i, size_t bytes) {
   if (static_cast<size_t>(i) >= bufs_.size()) bufs_.resize(i + 1, {nullptr, 0});
   auto& b = bufs_[i];

@@ -18,7 +18,7 @@
 #include <sstream>
 #include <vector>
 
-#include "engine/errors.h"
+#include "common/errors.h"
 
 namespace far {
 namespace {
@@ -63,6 +63,13 @@ void publish_filled(ShmContext& ctx, const ShmChunk& c) {
   check_shm_headers(ctx, c.slot);
 }
 
+void shm_header_only(ShmContext& ctx) {
+  const ShmChunk ch = begin_chunk(ctx);
+  publish_filled(ctx, ch);
+  ctx.group.publish(&ShmControl::reduced, ch.k);
+  ctx.group.publish(&ShmControl::done, ch.k);
+}
+
 void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const SliceStage* stage) {
   ShmGroup& g = ctx.group;
   const int L = g.local_size(), me = g.local_rank();
@@ -77,9 +84,12 @@ void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const S
   // with reduce-scatter/allgather here; at 8 ranks one-shot at 64 KiB was slower).
   const size_t oneshot_limit = L == 2 ? 2 * o.oneshot_bytes : o.oneshot_bytes;
   const bool oneshot = stage == nullptr && bytes <= oneshot_limit;
-  // With a stage, the local reduction is a plain sum; the stage applies avg's division once.
-  const RedOp local_op = (stage && job.op == RedOp::kAvg) ? RedOp::kSum : job.op;
-  const int local_div = stage ? 1 : job.divisor;
+  // With a stage, the local reduction is a plain sum and the stage applies avg's division once;
+  // except for 16-bit floats, whose rounded local sum could overflow where the average fits:
+  // they divide locally (in float32, before rounding) and the stage sums.
+  const bool avg = job.op == RedOp::kAvg, divide_first = stage && avg && is_16bit_float(job.dtype);
+  const RedOp local_op = (stage && avg && !divide_first) ? RedOp::kSum : job.op;
+  const int local_div = (!stage || divide_first) ? job.divisor : 1;
   const char* src = static_cast<const char*>(job.src ? job.src : job.buf);
   std::vector<const void*> srcs(L);
 
@@ -115,6 +125,7 @@ void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const S
       slice.buf = mine + my.begin * es;
       slice.src = nullptr;
       slice.count = my.len;
+      if (divide_first) slice.op = RedOp::kSum;
       (*stage)(slice);
     }
     g.publish(&ShmControl::reduced, k);

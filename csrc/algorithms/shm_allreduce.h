@@ -6,7 +6,7 @@
 #include <functional>
 
 #include "algorithms/algorithm.h"
-#include "engine/header.h"
+#include "common/header.h"
 #include "transport/shm.h"
 
 namespace far {
@@ -53,6 +53,10 @@ struct ShmChunk {
 };
 ShmChunk begin_chunk(ShmContext& ctx);
 void publish_filled(ShmContext& ctx, const ShmChunk& c);
+
+// One chunk that carries only the header: the check that precedes a path that moves its data
+// elsewhere (point-to-point, or another backend), in step with every other shared-memory call.
+void shm_header_only(ShmContext& ctx);
 
 // In-place allreduce of `job` (job.src is copied in, the result lands in job.buf).
 void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const SliceStage* stage = nullptr);

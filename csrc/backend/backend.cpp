@@ -1,12 +1,13 @@
 #include "backend/backend.h"
 
 #include <c10/util/Exception.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 
 #include <algorithm>
-#include <condition_variable>
-#include <mutex>
+#include <numeric>
 
-#include "engine/errors.h"
+#include "common/aten.h"
+#include "common/errors.h"
 
 namespace far {
 namespace {
@@ -14,23 +15,30 @@ namespace {
 using c10::ivalue::Future;
 
 // Engine faults reach torch users as torch.distributed.DistBackendError (what torch raises for a
-// failed or timed-out collective), with the fastallreduce class name kept in the message.
+// failed or timed-out collective), with the fastallreduce class name kept in the message;
+// rejected arguments as the Python class the engine chose (TypeError, ValueError, ...).
 std::exception_ptr as_dist_error(std::exception_ptr e) {
+  const c10::SourceLocation here{__func__, __FILE__, static_cast<uint32_t>(__LINE__)};
   try {
     std::rethrow_exception(e);
   } catch (const c10::Error&) {
     return std::current_exception();
+  } catch (const ArgError& x) {
+    if (x.type == ArgError::kType) return std::make_exception_ptr(c10::TypeError(here, x.what()));
+    if (x.type == ArgError::kValue) return std::make_exception_ptr(c10::ValueError(here, x.what()));
+    return std::make_exception_ptr(c10::NotImplementedError(here, x.what()));
   } catch (const MismatchError& x) {
-    return std::make_exception_ptr(c10::DistBackendError(
-        {__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, std::string("fastallreduce MismatchError: ") + x.what()));
+    return std::make_exception_ptr(c10::DistBackendError(here, std::string("fastallreduce MismatchError: ") + x.what()));
   } catch (const CommTimeoutError& x) {
-    return std::make_exception_ptr(c10::DistBackendError(
-        {__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, std::string("fastallreduce CommTimeoutError: ") + x.what()));
+    return std::make_exception_ptr(c10::DistBackendError(here, std::string("fastallreduce CommTimeoutError: ") + x.what()));
+  } catch (const ClosedError& x) {
+    return std::make_exception_ptr(c10::DistBackendError(here, std::string("fastallreduce ClosedError: ") + x.what()));
   } catch (const std::exception& x) {
-    return std::make_exception_ptr(c10::DistBackendError(
-        {__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, std::string("fastallreduce: ") + x.what()));
+    return std::make_exception_ptr(c10::DistBackendError(here, std::string("fastallreduce: ") + x.what()));
   }
 }
+
+[[noreturn]] void rethrow_as_dist_error() { std::rethrow_exception(as_dist_error(std::current_exception())); }
 
 bool to_redop(const c10d::ReduceOp& op, RedOp* out) {
   switch (op.op_) {
@@ -43,13 +51,10 @@ bool to_redop(const c10d::ReduceOp& op, RedOp* out) {
   }
 }
 
-bool engine_dtype(at::ScalarType t, DType* out) {
-  try {
-    *out = to_dtype(t);
-    return true;
-  } catch (const std::invalid_argument&) {
-    return false;
-  }
+// The header's op of a delegated call (ops the engine has no code for share one value).
+RedOp header_op(const c10d::ReduceOp& op) {
+  RedOp r;
+  return to_redop(op, &r) ? r : static_cast<RedOp>(kNumOps);
 }
 
 // The engine's future yields the output tensor; torch's collectives yield a list of tensors.
@@ -76,19 +81,6 @@ c10::intrusive_ptr<Future> as_list_future(const c10::intrusive_ptr<Future>& engi
   return fut;
 }
 
-// A tensor the engine takes as it is: dense, contiguous, on the CPU, of a dtype it supports.
-bool engine_tensor(const at::Tensor& t, DType* dt) {
-  return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided && t.is_contiguous() && !t.is_conj() &&
-         !t.is_neg() && engine_dtype(t.scalar_type(), dt);
-}
-
-// A reduction the engine runs on `dt` (else Gloo's behaviour, and errors, apply).
-bool engine_op(const c10d::ReduceOp& rop, DType dt, RedOp* op) {
-  if (!to_redop(rop, op)) return false;
-  if (dt == DType::kBool && *op != RedOp::kMax && *op != RedOp::kMin) return false;
-  return !(*op == RedOp::kAvg && !is_floating(dt));
-}
-
 // The list forms of allgather / reduce_scatter: `size` CPU tensors shaped like `like`.
 bool cpu_list_like(const std::vector<at::Tensor>& ts, const at::Tensor& like, int size) {
   if (static_cast<int>(ts.size()) != size) return false;
@@ -103,110 +95,82 @@ bool cpu_list_like(const std::vector<at::Tensor>& ts, const at::Tensor& like, in
 // autograd never sees them (a leaf that requires grad would refuse an in-place copy).
 void copy_into(const at::Tensor& dst, const at::Tensor& src) { dst.detach().copy_(src.view(dst.sizes())); }
 
+int64_t total_numel(const std::vector<at::Tensor>& ts) {
+  return std::accumulate(ts.begin(), ts.end(), int64_t(0), [](int64_t a, const at::Tensor& t) { return a + t.numel(); });
+}
+
+at::ScalarType dtype_of(const std::vector<at::Tensor>& ts) { return ts.empty() ? at::kByte : ts[0].scalar_type(); }
+
 }  // namespace
 
-// ---- FutureWork ---------------------------------------------------------------------------
-
-FutureWork::FutureWork(c10::intrusive_ptr<Future> fut, int rank, c10d::OpType type, const char* title,
-                       std::vector<at::Tensor> outputs)
-    : c10d::Work(rank, type, title), fut_(std::move(fut)), outputs_(std::move(outputs)) {}
-
-bool FutureWork::isCompleted() { return fut_->completed(); }
-
-bool FutureWork::isSuccess() const { return fut_->completed() && !fut_->hasError(); }
-
-std::exception_ptr FutureWork::exception() const {
-  return fut_->completed() && fut_->hasError() ? fut_->exception_ptr() : nullptr;
-}
-
-std::vector<at::Tensor> FutureWork::result() { return outputs_; }
-
-bool FutureWork::wait(std::chrono::milliseconds timeout) {
-  if (timeout <= ::kNoTimeout) {
-    fut_->wait();
-  } else if (!fut_->completed()) {
-    // c10 futures have no timed wait: a callback signals a condition variable.
-    struct Signal {
-      std::mutex mu;
-      std::condition_variable cv;
-      bool done = false;
-    };
-    auto s = std::make_shared<Signal>();
-    fut_->addCallback([s](Future&) {
-      std::lock_guard<std::mutex> lk(s->mu);
-      s->done = true;
-      s->cv.notify_all();
-    });
-    std::unique_lock<std::mutex> lk(s->mu);
-    if (!s->cv.wait_for(lk, timeout, [&] { return s->done; }))
-      C10_THROW_ERROR(DistBackendError, "fastallreduce: Work.wait timed out after " + std::to_string(timeout.count()) +
-                                            " ms (the collective is still running; the backend timeout bounds it)");
+FastAllreduceBackend::FastAllreduceBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                                           std::chrono::milliseconds timeout, Algo algo,
+                                           const BackendFactory& make_backend, const std::string& local_error)
+    : c10d::Backend(rank, size), options_(c10::make_intrusive<Options>("fastallreduce", timeout)), algo_(algo) {
+  CommOptions o;
+  o.config.timeout_ms = std::min<int64_t>(timeout.count(), kMaxTimeoutMs);
+  o.name = "backend";
+  o.make_backend = make_backend;
+  o.config.local_error = local_error;
+  try {
+    engine_ = std::shared_ptr<Communicator>(
+        new Communicator(c10::make_intrusive<c10d::PrefixStore>("fastallreduce/engine/", store), rank, size,
+                         std::move(o)),
+        &Communicator::dispose);
+  } catch (...) {
+    rethrow_as_dist_error();
   }
-  if (fut_->hasError()) std::rethrow_exception(fut_->exception_ptr());
-  return true;
+  // The engine's Gloo backend carries only its own traffic; this one runs the delegated calls.
+  gloo_ = make_backend(c10::make_intrusive<c10d::PrefixStore>("fastallreduce/delegate/", store), rank, size,
+                            timeout);
 }
 
-c10::intrusive_ptr<Future> FutureWork::getFuture() { return fut_; }
-
-CompletedWork::CompletedWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs)
-    : c10d::Work(rank, type, title), outputs_(std::move(outputs)) {}
-
-c10::intrusive_ptr<Future> CompletedWork::getFuture() {
-  std::call_once(made_, [this] {
-    fut_ = c10::make_intrusive<Future>(c10::ListType::ofTensors());
-    fut_->markCompleted(c10::IValue(outputs_));
-  });
-  return fut_;
+FastAllreduceBackend::~FastAllreduceBackend() {
+  // In a forked child, Gloo's threads belong to the parent: destroying it would join them.
+  if (engine_ && engine_->forked()) (void)gloo_.release();
 }
-
-// ---- FastAllreduceBackend ------------------------------------------------------------------
-
-FastAllreduceBackend::FastAllreduceBackend(std::shared_ptr<Communicator> engine,
-                                           c10::intrusive_ptr<c10d::Backend> delegate, int rank, int size,
-                                           std::chrono::milliseconds timeout, Algo algo)
-    : c10d::Backend(rank, size), engine_(std::move(engine)), gloo_(std::move(delegate)),
-      options_(c10::make_intrusive<Options>("fastallreduce", timeout)), algo_(algo) {
-  TORCH_CHECK(engine_ && gloo_, "fastallreduce backend needs an engine and a delegate backend");
-  TORCH_CHECK(engine_->size() == size && gloo_->getSize() == size, "fastallreduce backend: group sizes differ");
-}
-
-FastAllreduceBackend::~FastAllreduceBackend() = default;
 
 void FastAllreduceBackend::setTimeout(std::chrono::milliseconds timeout) {
   options_->timeout = timeout;
   gloo_->setTimeout(timeout);
 }
 
-bool FastAllreduceBackend::on_engine(const std::vector<at::Tensor>& tensors,
-                                     const c10d::AllreduceOptions& opts) const {
-  DType dt;
-  RedOp op;
-  return tensors.size() == 1 && engine_tensor(tensors[0], &dt) && engine_op(opts.reduceOp, dt, &op);
+bool FastAllreduceBackend::engine_takes(Kind kind, const at::Tensor& t, const c10d::ReduceOp& op) const {
+  RedOp r;
+  const std::optional<DType> dt = t.defined() ? to_dtype(t.scalar_type()) : std::nullopt;
+  if (!dt || !t.device().is_cpu() || t.layout() != at::kStrided) return false;
+  if (kind == Kind::kAllreduce || kind == Kind::kReduceScatter) {
+    // Reductions the kernels have no arithmetic for keep Gloo's behaviour (and errors).
+    if (!to_redop(op, &r)) return false;
+    if (*dt == DType::kBool && r != RedOp::kMax && r != RedOp::kMin) return false;
+    if (r == RedOp::kAvg && !is_floating(*dt)) return false;
+  }
+  return kind == Kind::kAllreduce || engine_->single_host();
 }
 
-c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_run(Call call, c10d::OpType type, const char* title,
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_run(Collective c, c10d::OpType type, const char* title,
                                                                 bool sync, std::vector<at::Tensor> outputs,
                                                                 std::function<void()> finish, bool count) {
-  call.algo = call.kind == Kind::kAllreduce ? algo_ : Algo::kShm;
+  if (c.kind == Kind::kAllreduce) c.algo = algo_;
   c10::intrusive_ptr<Future> engine_fut;
   try {
     if (sync) {
       // async_op=False: the caller waits at once, so the engine runs it on this thread when
       // nothing is queued (no hand-off to the worker and back; FIFO order holds either way).
       // The caller keeps its tensors alive throughout, so no reference here is ever the last.
-      engine_->run(std::move(call));
+      engine_->run(c);
       if (finish) finish();
       if (count) engine_ops_.fetch_add(1, std::memory_order_relaxed);
       return c10::make_intrusive<CompletedWork>(rank_, type, title, std::move(outputs));
     }
     // Async: detached aliases (same storage, no Python object), so that the worker thread drops
     // its references without the GIL, which the caller's thread usually holds by then.
-    const bool in_place = call.output.is_same(call.input);
-    call.input = call.input.detach();
-    call.output = in_place ? call.input : call.output.detach();
-    engine_fut = engine_->run_async(std::move(call));
+    const bool in_place = !c.output.defined() || c.output.is_same(c.input);
+    c.input = c.input.detach();
+    c.output = in_place ? at::Tensor() : c.output.detach();
+    engine_fut = engine_->run_async(c);
   } catch (...) {
-    std::rethrow_exception(as_dist_error(std::current_exception()));
+    rethrow_as_dist_error();
   }
   if (count) engine_ops_.fetch_add(1, std::memory_order_relaxed);
   auto outs = outputs;
@@ -214,28 +178,43 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_run(Call call, c10d:
                                          title, std::move(outputs));
 }
 
-c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce(std::vector<at::Tensor>& tensors,
-                                                               const c10d::AllreduceOptions& opts) {
-  if (on_engine(tensors, opts)) {
-    Call call;
-    call.input = tensors[0];
-    call.output = tensors[0];
-    to_redop(opts.reduceOp, &call.op);
-    return engine_run(std::move(call), c10d::OpType::ALLREDUCE, nullptr, !opts.asyncOp, {tensors[0]});
-  }
-  if (opts.reduceOp == c10d::ReduceOp::AVG && tensors.size() == 1) {
-    // Gloo has no AVG; say what is wrong rather than Gloo's generic refusal.
-    const at::Tensor& t = tensors[0];
-    if (!at::isFloatingType(t.scalar_type()) && !at::isComplexType(t.scalar_type()))
-      C10_THROW_ERROR(TypeError, std::string("fastallreduce: ReduceOp.AVG needs a floating dtype, got ") +
-                                     c10::toString(t.scalar_type()) + " (integer division would silently truncate; use SUM)");
-    C10_THROW_ERROR(NotImplementedError,
-                    std::string("fastallreduce: no ReduceOp.AVG path for a ") + c10::toString(t.scalar_type()) + " " +
-                        t.device().str() + (t.is_contiguous() ? "" : " non-contiguous") + " tensor with layout " +
-                        c10::str(t.layout()));
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::run_delegated(const Delegated& d,
+                                                              const std::function<c10::intrusive_ptr<c10d::Work>()>& fn) {
+  try {
+    engine_->check_delegated(d);
+  } catch (...) {
+    rethrow_as_dist_error();
   }
   delegated_ops_.fetch_add(1, std::memory_order_relaxed);
-  return track(gloo_->allreduce(tensors, opts));
+  return track(fn());
+}
+
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce(std::vector<at::Tensor>& tensors,
+                                                               const c10d::AllreduceOptions& opts) {
+  if (tensors.size() == 1 && engine_takes(Kind::kAllreduce, tensors[0], opts.reduceOp)) {
+    Collective c;
+    c.input = tensors[0];
+    to_redop(opts.reduceOp, &c.op);
+    return engine_run(std::move(c), c10d::OpType::ALLREDUCE, nullptr, !opts.asyncOp, {tensors[0]});
+  }
+  if (opts.reduceOp == c10d::ReduceOp::AVG && tensors.size() == 1) {
+    // Gloo has no AVG: say what is wrong rather than Gloo's generic refusal, on every rank.
+    const at::Tensor& t = tensors[0];
+    const bool integral = !at::isFloatingType(t.scalar_type()) && !at::isComplexType(t.scalar_type());
+    const std::string what = integral ? std::string("fastallreduce: ReduceOp.AVG needs a floating dtype, got ") +
+                                            c10::toString(t.scalar_type()) +
+                                            " (integer division would silently truncate; use SUM)"
+                                      : std::string("fastallreduce: no ReduceOp.AVG path for a ") +
+                                            c10::toString(t.scalar_type()) + " " + t.device().str() +
+                                            " tensor with layout " + c10::str(t.layout());
+    try {
+      engine_->reject(integral ? type_error(what) : not_implemented(what));
+    } catch (...) {
+      rethrow_as_dist_error();
+    }
+  }
+  Delegated d{Kind::kAllreduce, header_op(opts.reduceOp), 0, dtype_of(tensors), total_numel(tensors)};
+  return run_delegated(d, [&] { return gloo_->allreduce(tensors, opts); });
 }
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::barrier(const c10d::BarrierOptions& opts) {
@@ -247,12 +226,11 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::barrier(const c10d::Barrier
   // 1-byte engine collective, which is FIFO after every allreduce queued on this rank and, like
   // every engine op, header-checked and failed on all ranks together.
   wait_delegated();
-  Call call;
-  call.input = at::zeros({1}, at::TensorOptions().dtype(at::kByte));
-  call.output = call.input;
-  call.op = RedOp::kMax;
-  auto flag = call.input;
-  return engine_run(std::move(call), c10d::OpType::BARRIER, "fastallreduce:barrier", !opts.asyncOp, {flag}, {},
+  Collective c;
+  c.input = at::zeros({1}, at::TensorOptions().dtype(at::kByte));
+  c.op = RedOp::kMax;
+  auto flag = c.input;
+  return engine_run(std::move(c), c10d::OpType::BARRIER, "fastallreduce:barrier", !opts.asyncOp, {flag}, {},
                     /*count=*/false);
 }
 
@@ -286,61 +264,61 @@ void FastAllreduceBackend::wait_delegated() {
 }
 
 void FastAllreduceBackend::shutdown() {
+  if (engine_->forked()) return;
   engine_->close();
   gloo_->shutdown();
 }
 
 void FastAllreduceBackend::abort() {
+  if (engine_->forked()) return;
   engine_->abort("torch.distributed abort");
   engine_->close();
   gloo_->abort();
 }
 
-// ---- delegated ----------------------------------------------------------------------------
+// ---- every other entry point --------------------------------------------------------------
 
-#define FAR_DELEGATE(call)                                   \
-  do {                                                       \
-    delegated_ops_.fetch_add(1, std::memory_order_relaxed);  \
-    return track(gloo_->call);                               \
-  } while (0)
+// A call the engine does not run: its header (logical kind, op, root, dtype, count) is checked
+// across ranks on the engine first, then Gloo runs it.
+#define FAR_DELEGATE(KIND, OP, ROOT, DTYPE, COUNT, CALL) \
+  return run_delegated(Delegated{KIND, OP, ROOT, DTYPE, COUNT}, [&] { return gloo_->CALL; })
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::broadcast(std::vector<at::Tensor>& tensors,
                                                                const c10d::BroadcastOptions& opts) {
-  DType dt;
-  if (engine_->supports_gather_family() && tensors.size() == 1 && opts.rootTensor == 0 && opts.rootRank >= 0 &&
-      opts.rootRank < size_ && engine_tensor(tensors[0], &dt)) {
-    Call call;
-    call.input = tensors[0];
-    call.output = tensors[0];
-    call.kind = Kind::kBroadcast;
-    call.root = static_cast<int>(opts.rootRank);
-    return engine_run(std::move(call), c10d::OpType::BROADCAST, nullptr, !opts.asyncOp, {tensors[0]});
+  if (tensors.size() == 1 && opts.rootTensor == 0 && engine_takes(Kind::kBroadcast, tensors[0], c10d::ReduceOp::SUM)) {
+    Collective c;
+    c.kind = Kind::kBroadcast;
+    c.input = tensors[0];
+    c.root = static_cast<int>(opts.rootRank);
+    return engine_run(std::move(c), c10d::OpType::BROADCAST, nullptr, !opts.asyncOp, {tensors[0]});
   }
-  FAR_DELEGATE(broadcast(tensors, opts));
+  FAR_DELEGATE(Kind::kBroadcast, RedOp::kSum, static_cast<int>(opts.rootRank), dtype_of(tensors), total_numel(tensors),
+               broadcast(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce_sparse(std::vector<at::Tensor>& tensors,
                                                                       const c10d::AllreduceOptions& opts) {
-  FAR_DELEGATE(allreduce_sparse(tensors, opts));
+  // Sparse tensors: ranks hold different numbers of values, so only the kind, op and dtype agree.
+  FAR_DELEGATE(Kind::kAllreduce, header_op(opts.reduceOp), 0, dtype_of(tensors), 0,
+               allreduce_sparse(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce_coalesced(
     std::vector<at::Tensor>& tensors, const c10d::AllreduceCoalescedOptions& opts) {
-  FAR_DELEGATE(allreduce_coalesced(tensors, opts));
+  FAR_DELEGATE(Kind::kCoalesced, header_op(opts.reduceOp), 0, dtype_of(tensors), total_numel(tensors),
+               allreduce_coalesced(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce(std::vector<at::Tensor>& tensors,
                                                             const c10d::ReduceOptions& opts) {
-  FAR_DELEGATE(reduce(tensors, opts));
+  FAR_DELEGATE(Kind::kReduce, header_op(opts.reduceOp), static_cast<int>(opts.rootRank), dtype_of(tensors),
+               total_numel(tensors), reduce(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_allgather(at::Tensor& output, at::Tensor& input,
                                                                       c10d::OpType type, bool sync) {
-  DType a, b;
-  if (!engine_->supports_gather_family() || !engine_tensor(input, &a) || !engine_tensor(output, &b) ||
-      input.scalar_type() != output.scalar_type() || output.numel() != input.numel() * size_)
-    return {};
-  Call call;
-  call.input = input;
-  call.output = output;
-  call.kind = Kind::kAllgather;
-  return engine_run(std::move(call), type, nullptr, sync, {output});
+  if (!engine_takes(Kind::kAllgather, input, c10d::ReduceOp::SUM)) return {};
+  Collective c;
+  c.kind = Kind::kAllgather;
+  c.input = input;
+  c.output = output;
+  return engine_run(std::move(c), type, nullptr, sync, {output});
 }
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather(std::vector<std::vector<at::Tensor>>& outputs,
@@ -348,77 +326,82 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather(std::vector<std::
                                                                const c10d::AllgatherOptions& opts) {
   // One input, a list of `size` outputs shaped like it: gather into one staging tensor on the
   // engine, then copy each rank's part out (the copies finish before the Work does).
-  DType dt;
-  if (engine_->supports_gather_family() && inputs.size() == 1 && outputs.size() == 1 &&
-      engine_tensor(inputs[0], &dt) && cpu_list_like(outputs[0], inputs[0], size_)) {
+  if (inputs.size() == 1 && outputs.size() == 1 && engine_takes(Kind::kAllgather, inputs[0], c10d::ReduceOp::SUM) &&
+      cpu_list_like(outputs[0], inputs[0], size_)) {
     const int64_t n = inputs[0].numel();
     at::Tensor flat = at::empty({size_ * n}, inputs[0].options());
-    Call call;
-    call.input = inputs[0];
-    call.output = flat;
-    call.kind = Kind::kAllgather;
+    Collective c;
+    c.kind = Kind::kAllgather;
+    c.input = inputs[0];
+    c.output = flat;
     std::vector<at::Tensor> outs = outputs[0];
     auto finish = [flat, outs, n] {
       for (size_t r = 0; r < outs.size(); ++r) copy_into(outs[r], flat.narrow(0, static_cast<int64_t>(r) * n, n));
     };
-    return engine_run(std::move(call), c10d::OpType::ALLGATHER, nullptr, !opts.asyncOp, outputs[0], finish);
+    return engine_run(std::move(c), c10d::OpType::ALLGATHER, nullptr, !opts.asyncOp, outputs[0], finish);
   }
-  FAR_DELEGATE(allgather(outputs, inputs, opts));
+  FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs), allgather(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_gather_single(at::Tensor& output, at::Tensor& input,
                                                                        const c10d::AllgatherOptions& opts) {
   if (auto w = engine_allgather(output, input, c10d::OpType::_ALLGATHER_BASE, !opts.asyncOp)) return w;
-  FAR_DELEGATE(all_gather_single(output, input, opts));
+  FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, input.scalar_type(), input.numel(),
+               all_gather_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::_allgather_base(at::Tensor& output, at::Tensor& input,
                                                                      const c10d::AllgatherOptions& opts) {
   if (auto w = engine_allgather(output, input, c10d::OpType::_ALLGATHER_BASE, !opts.asyncOp)) return w;
-  FAR_DELEGATE(all_gather_single(output, input, opts));
+  FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, input.scalar_type(), input.numel(),
+               all_gather_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather_coalesced(
     std::vector<std::vector<at::Tensor>>& outputs, std::vector<at::Tensor>& inputs,
     const c10d::AllgatherOptions& opts) {
-  FAR_DELEGATE(allgather_coalesced(outputs, inputs, opts));
+  FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs),
+               allgather_coalesced(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_gather_single_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::AllgatherOptions& opts) {
-  FAR_DELEGATE(all_gather_single_coalesced(outputs, inputs, opts));
+  FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs),
+               all_gather_single_coalesced(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather_into_tensor_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::AllgatherOptions& opts) {
-  FAR_DELEGATE(all_gather_single_coalesced(outputs, inputs, opts));
+  FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs),
+               all_gather_single_coalesced(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather(std::vector<std::vector<at::Tensor>>& outputs,
                                                             std::vector<at::Tensor>& inputs,
                                                             const c10d::GatherOptions& opts) {
-  FAR_DELEGATE(gather(outputs, inputs, opts));
+  FAR_DELEGATE(Kind::kGather, RedOp::kSum, static_cast<int>(opts.rootRank), dtype_of(inputs), total_numel(inputs),
+               gather(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather_single(at::Tensor& output, at::Tensor& input,
                                                                    const c10d::GatherOptions& opts) {
-  FAR_DELEGATE(gather_single(output, input, opts));
+  FAR_DELEGATE(Kind::kGather, RedOp::kSum, static_cast<int>(opts.rootRank), input.scalar_type(), input.numel(),
+               gather_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather_into_tensor(at::Tensor& output, at::Tensor& input,
                                                                         const c10d::GatherOptions& opts) {
-  FAR_DELEGATE(gather_single(output, input, opts));
+  FAR_DELEGATE(Kind::kGather, RedOp::kSum, static_cast<int>(opts.rootRank), input.scalar_type(), input.numel(),
+               gather_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::scatter(std::vector<at::Tensor>& outputs,
                                                              std::vector<std::vector<at::Tensor>>& inputs,
                                                              const c10d::ScatterOptions& opts) {
-  FAR_DELEGATE(scatter(outputs, inputs, opts));
+  FAR_DELEGATE(Kind::kScatter, RedOp::kSum, static_cast<int>(opts.rootRank), dtype_of(outputs), total_numel(outputs),
+               scatter(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_reduce_scatter(at::Tensor& output, at::Tensor& input,
                                                                            c10d::OpType type,
                                                                            const c10d::ReduceScatterOptions& opts) {
-  DType a, b;
-  Call call;
-  if (!engine_->supports_gather_family() || !engine_tensor(input, &a) || !engine_tensor(output, &b) ||
-      input.scalar_type() != output.scalar_type() || input.numel() != output.numel() * size_ ||
-      !engine_op(opts.reduceOp, a, &call.op))
-    return {};
-  call.input = input;
-  call.output = output;
-  call.kind = Kind::kReduceScatter;
-  return engine_run(std::move(call), type, nullptr, !opts.asyncOp, {output});
+  if (!engine_takes(Kind::kReduceScatter, output, opts.reduceOp)) return {};
+  Collective c;
+  c.kind = Kind::kReduceScatter;
+  c.input = input;
+  c.output = output;
+  to_redop(opts.reduceOp, &c.op);
+  return engine_run(std::move(c), type, nullptr, !opts.asyncOp, {output});
 }
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter(std::vector<at::Tensor>& outputs,
@@ -426,65 +409,75 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter(std::vector<
                                                                     const c10d::ReduceScatterOptions& opts) {
   // One output, a list of `size` inputs shaped like it: pack the inputs into one staging tensor
   // (here, before the call returns), then reduce-scatter it on the engine. Only calls the engine
-  // takes are packed (the staging tensor is then always eligible).
-  DType dt;
-  RedOp op;
-  if (engine_->supports_gather_family() && outputs.size() == 1 && inputs.size() == 1 &&
-      engine_tensor(outputs[0], &dt) && engine_op(opts.reduceOp, dt, &op) &&
+  // takes are packed.
+  if (outputs.size() == 1 && inputs.size() == 1 && engine_takes(Kind::kReduceScatter, outputs[0], opts.reduceOp) &&
       cpu_list_like(inputs[0], outputs[0], size_)) {
     const int64_t n = outputs[0].numel();
     at::Tensor flat = at::empty({size_ * n}, outputs[0].options());
     for (int r = 0; r < size_; ++r) copy_into(flat.narrow(0, r * n, n), inputs[0][r].reshape({-1}));
     return engine_reduce_scatter(outputs[0], flat, c10d::OpType::REDUCE_SCATTER, opts);
   }
-  FAR_DELEGATE(reduce_scatter(outputs, inputs, opts));
+  FAR_DELEGATE(Kind::kReduceScatter, header_op(opts.reduceOp), 0, dtype_of(outputs), total_numel(outputs),
+               reduce_scatter(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_single(at::Tensor& output, at::Tensor& input,
                                                                            const c10d::ReduceScatterOptions& opts) {
   if (auto w = engine_reduce_scatter(output, input, c10d::OpType::_REDUCE_SCATTER_BASE, opts)) return w;
-  FAR_DELEGATE(reduce_scatter_single(output, input, opts));
+  FAR_DELEGATE(Kind::kReduceScatter, header_op(opts.reduceOp), 0, output.scalar_type(), output.numel(),
+               reduce_scatter_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::_reduce_scatter_base(at::Tensor& output, at::Tensor& input,
                                                                           const c10d::ReduceScatterOptions& opts) {
   if (auto w = engine_reduce_scatter(output, input, c10d::OpType::_REDUCE_SCATTER_BASE, opts)) return w;
-  FAR_DELEGATE(reduce_scatter_single(output, input, opts));
+  FAR_DELEGATE(Kind::kReduceScatter, header_op(opts.reduceOp), 0, output.scalar_type(), output.numel(),
+               reduce_scatter_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_single_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::ReduceScatterOptions& opts) {
-  FAR_DELEGATE(reduce_scatter_single_coalesced(outputs, inputs, opts));
+  FAR_DELEGATE(Kind::kCoalesced, header_op(opts.reduceOp), 0, dtype_of(outputs), total_numel(outputs),
+               reduce_scatter_single_coalesced(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_tensor_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::ReduceScatterOptions& opts) {
-  FAR_DELEGATE(reduce_scatter_single_coalesced(outputs, inputs, opts));
+  FAR_DELEGATE(Kind::kCoalesced, header_op(opts.reduceOp), 0, dtype_of(outputs), total_numel(outputs),
+               reduce_scatter_single_coalesced(outputs, inputs, opts));
 }
+// all_to_all: ranks may split differently, so the element count is not compared.
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_to_all_single(at::Tensor& output, at::Tensor& input,
                                                                        std::vector<int64_t>& output_splits,
                                                                        std::vector<int64_t>& input_splits,
                                                                        const c10d::AllToAllOptions& opts) {
-  FAR_DELEGATE(all_to_all_single(output, input, output_splits, input_splits, opts));
+  FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, input.scalar_type(), 0,
+               all_to_all_single(output, input, output_splits, input_splits, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::alltoall_base(at::Tensor& output, at::Tensor& input,
                                                                    std::vector<int64_t>& output_splits,
                                                                    std::vector<int64_t>& input_splits,
                                                                    const c10d::AllToAllOptions& opts) {
-  FAR_DELEGATE(all_to_all_single(output, input, output_splits, input_splits, opts));
+  FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, input.scalar_type(), 0,
+               all_to_all_single(output, input, output_splits, input_splits, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::alltoall(std::vector<at::Tensor>& outputs,
                                                               std::vector<at::Tensor>& inputs,
                                                               const c10d::AllToAllOptions& opts) {
-  FAR_DELEGATE(alltoall(outputs, inputs, opts));
-}
-c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::send(std::vector<at::Tensor>& tensors, int dst, int tag) {
-  FAR_DELEGATE(send(tensors, dst, tag));
-}
-c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::recv(std::vector<at::Tensor>& tensors, int src, int tag) {
-  FAR_DELEGATE(recv(tensors, src, tag));
-}
-c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::recvAnysource(std::vector<at::Tensor>& tensors, int tag) {
-  FAR_DELEGATE(recvAnysource(tensors, tag));
+  FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, dtype_of(inputs), 0, alltoall(outputs, inputs, opts));
 }
 
 #undef FAR_DELEGATE
+
+// Point-to-point calls involve two ranks only: there is no collective header to compare.
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::send(std::vector<at::Tensor>& tensors, int dst, int tag) {
+  delegated_ops_.fetch_add(1, std::memory_order_relaxed);
+  return track(gloo_->send(tensors, dst, tag));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::recv(std::vector<at::Tensor>& tensors, int src, int tag) {
+  delegated_ops_.fetch_add(1, std::memory_order_relaxed);
+  return track(gloo_->recv(tensors, src, tag));
+}
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::recvAnysource(std::vector<at::Tensor>& tensors, int tag) {
+  delegated_ops_.fetch_add(1, std::memory_order_relaxed);
+  return track(gloo_->recvAnysource(tensors, tag));
+}
 
 void FastAllreduceBackend::monitoredBarrier(const c10d::BarrierOptions& opts, bool wait_all_ranks) {
   gloo_->monitoredBarrier(opts, wait_all_ranks);

@@ -1,72 +1,36 @@
-// fastallreduce as a torch.distributed backend: a c10d::Backend whose allreduce (and, with every
-// rank on one host, broadcast, allgather and reduce_scatter) runs on the fastallreduce engine;
-// every other collective, and every call the engine cannot take (other dtypes, ops, devices,
-// layouts), is delegated to a Gloo backend built on the same store.
+// fastallreduce as a torch.distributed backend: a c10d::Backend whose collectives enter the
+// engine's front door. Allreduce (and, with every rank on one host, broadcast, allgather and
+// reduce_scatter) of tensors the engine takes run on it; every other collective is delegated to
+// a Gloo backend built on the same store, after the engine has checked its header across ranks,
+// so that a call one rank delegates and another runs on the engine is a MismatchError on both.
 #pragma once
 #include <torch/csrc/distributed/c10d/Backend.hpp>
-#include <torch/csrc/distributed/c10d/Work.hpp>
 
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 
+#include "backend/work.h"
 #include "engine/communicator.h"
 
 namespace far {
 
-// A Work completed by a c10 Future (an engine op, or several ops collected together).
-// Unlike torch's own future-wrapping work, it answers isCompleted()/isSuccess()/exception()
-// from the future and honours wait(timeout).
-class FutureWork : public c10d::Work {
- public:
-  FutureWork(c10::intrusive_ptr<c10::ivalue::Future> fut, int rank, c10d::OpType type, const char* title,
-             std::vector<at::Tensor> outputs);
-  bool isCompleted() override;
-  bool isSuccess() const override;
-  std::exception_ptr exception() const override;
-  std::vector<at::Tensor> result() override;
-  bool wait(std::chrono::milliseconds timeout) override;
-  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override;
-
- private:
-  c10::intrusive_ptr<c10::ivalue::Future> fut_;
-  std::vector<at::Tensor> outputs_;
-};
-
-// A Work that had finished when it was returned (a synchronous engine op). Its Future is made
-// only if someone asks: the common dist.all_reduce(async_op=False) path then allocates no
-// Future, which matters because that path runs with caches cold from the collective itself.
-class CompletedWork : public c10d::Work {
- public:
-  CompletedWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs);
-  bool isCompleted() override { return true; }
-  bool isSuccess() const override { return true; }
-  std::exception_ptr exception() const override { return nullptr; }
-  std::vector<at::Tensor> result() override { return outputs_; }
-  bool wait(std::chrono::milliseconds) override { return true; }
-  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override;
-
- private:
-  std::vector<at::Tensor> outputs_;
-  std::once_flag made_;
-  c10::intrusive_ptr<c10::ivalue::Future> fut_;
-};
-
 class FastAllreduceBackend : public c10d::Backend {
  public:
-  // `engine` runs the allreduces (its own process group and store); `delegate` (Gloo) runs the
-  // rest. `algo` is the engine algorithm for every allreduce (kAuto: cost model).
-  FastAllreduceBackend(std::shared_ptr<Communicator> engine, c10::intrusive_ptr<c10d::Backend> delegate,
-                       int rank, int size, std::chrono::milliseconds timeout, Algo algo);
+  // Collective over the `size` ranks of `store` (private to the group): makes the engine (its
+  // own Gloo backend and store prefix) and the Gloo backend the other calls are delegated to.
+  // `algo` is the engine algorithm of every allreduce (kAuto: the cost model).
+  FastAllreduceBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                       std::chrono::milliseconds timeout, Algo algo, const BackendFactory& make_backend,
+                       const std::string& local_error = "");
   ~FastAllreduceBackend() override;
 
   const std::string getBackendName() const override { return "fastallreduce"; }
   c10::intrusive_ptr<Options> getBackendOptions() override { return options_; }
   void setTimeout(std::chrono::milliseconds timeout) override;
 
-  // Whether an allreduce of these tensors with this op runs on the engine (else: Gloo).
-  bool on_engine(const std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& opts) const;
+  const std::shared_ptr<Communicator>& engine() const { return engine_; }
   uint64_t engine_ops() const { return engine_ops_.load(); }
   uint64_t delegated_ops() const { return delegated_ops_.load(); }
   const c10::intrusive_ptr<c10d::Backend>& delegate() const { return gloo_; }
@@ -75,7 +39,7 @@ class FastAllreduceBackend : public c10d::Backend {
                                            const c10d::AllreduceOptions& opts) override;
   c10::intrusive_ptr<c10d::Work> barrier(const c10d::BarrierOptions& opts) override;
 
-  // -- delegated to Gloo ------------------------------------------------------------
+  // -- on the engine where it takes them, else delegated to Gloo after the header check --
   c10::intrusive_ptr<c10d::Work> broadcast(std::vector<at::Tensor>& tensors,
                                            const c10d::BroadcastOptions& opts) override;
   c10::intrusive_ptr<c10d::Work> allreduce_sparse(std::vector<at::Tensor>& tensors,
@@ -143,12 +107,17 @@ class FastAllreduceBackend : public c10d::Backend {
   void abort() override;
 
  private:
-  // Runs `call` on the engine. sync: the caller waits at once (async_op=False), so the op may
-  // run on its thread. `outputs` are what the Work and its Future hold; `finish` (may be empty)
+  // Runs `c` on the engine. sync: the caller waits at once (async_op=False), so the op may run
+  // on its thread. `outputs` are what the Work and its Future hold; `finish` (may be empty)
   // runs after the op and before the Work completes (copies out of a staging tensor).
-  c10::intrusive_ptr<c10d::Work> engine_run(Call call, c10d::OpType type, const char* title, bool sync,
+  c10::intrusive_ptr<c10d::Work> engine_run(Collective c, c10d::OpType type, const char* title, bool sync,
                                             std::vector<at::Tensor> outputs, std::function<void()> finish = {},
                                             bool count = true);
+  // Whether the engine takes a collective of `kind` on `t` with `op` (from what every rank
+  // shares: device, layout, dtype, op, topology; never contiguity).
+  bool engine_takes(Kind kind, const at::Tensor& t, const c10d::ReduceOp& op) const;
+  // Checks `d` across ranks on the engine, then runs `fn` (Gloo).
+  c10::intrusive_ptr<c10d::Work> run_delegated(const Delegated& d, const std::function<c10::intrusive_ptr<c10d::Work>()>& fn);
   // The engine paths of the allgather / reduce_scatter entry points; null when not eligible.
   c10::intrusive_ptr<c10d::Work> engine_allgather(at::Tensor& output, at::Tensor& input, c10d::OpType type,
                                                   bool sync);

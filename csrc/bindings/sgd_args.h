@@ -10,19 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "common/aten.h"
 #include "kernels/sgd.h"
 
 namespace far {
 
-inline std::optional<DType> sgd_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kDouble: return DType::kFloat64;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: return std::nullopt;
-  }
-}
+inline std::optional<DType> sgd_dtype(at::ScalarType t) { return to_float_dtype(t); }
 
 // `other` covers the same memory layout as `param`: the kernel treats both as flat arrays.
 inline bool sgd_same_layout(const at::Tensor& param, const at::Tensor& other) {

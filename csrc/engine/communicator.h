@@ -1,6 +1,9 @@
-// The engine: one Communicator per process group. Runs collectives in issue order (FIFO), a
-// synchronous call on the caller's thread when nothing is queued, asynchronous ones on a worker
-// thread; enforces the timeout and turns any fault into an abort seen by every rank.
+// The engine: one Communicator per group of ranks, and the only front door of every collective.
+// run() / run_async() / check_delegated() validate a call, choose its path from properties that
+// are identical on every rank, and run it in issue order (FIFO): a synchronous call on the
+// caller's thread when nothing is queued, asynchronous ones on a worker thread. The header of
+// every call is compared across ranks before any data moves; a fault on one rank is an error on
+// every rank (watchdog.cpp); dispatch.cpp runs the paths.
 #pragma once
 #include <ATen/core/ivalue.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
@@ -11,137 +14,155 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "algorithms/algorithm.h"
 #include "algorithms/shm_allreduce.h"
+#include "common/errors.h"
+#include "engine/collective.h"
+#include "engine/config.h"
+#include "engine/topology.h"
+#include "transport/gloo.h"
 #include "transport/shm.h"
-#include "engine/header.h"
 
 namespace far {
 
-// Maps a torch dtype to the kernels' dtype; throws std::invalid_argument for others.
-DType to_dtype(at::ScalarType t);
-
-struct CommConfig {
-  int64_t timeout_ms = 30 * 60 * 1000;
-  AlgoOptions algo;
-  CostModel cost;
-  ShmOptions shm;
-  size_t shm_slot_bytes = 4 << 20;
-  std::string name = "fastallreduce";
-  // Run the async worker under SCHED_IDLE: it takes only CPU time the process's compute threads
-  // leave (see worker_loop).
-  bool worker_idle = true;
-};
-
-// Which ranks share this host, learned by the Python layer from exchanged host identities.
-struct Topology {
-  int local_rank = 0;
-  ShmPeers local;      // group ranks and pids of the ranks on this host (local rank order)
-  int num_hosts = 1;
-  bool uniform = true;  // same number of ranks on every host
-  c10::intrusive_ptr<c10d::Backend> cross;  // same local index on every host (may be null)
-};
-
-struct Call {
-  at::Tensor input;   // contiguous, validated by the bindings
-  at::Tensor output;  // same as input for in-place; allgather: size x input; reduce_scatter: input / size
-  RedOp op = RedOp::kSum;
-  Algo algo = Algo::kAuto;
-  Kind kind = Kind::kAllreduce;
-  int root = 0;  // broadcast
+struct CommOptions {
+  ConfigOverrides config;
+  std::optional<std::string> host_id;  // replaces this process's host identity (simulated hosts)
+  std::string name = "fastallreduce";  // logs and shared-memory segment names
+  BackendFactory make_backend;         // the point-to-point transport's Gloo backends
 };
 
 class Communicator {
  public:
-  // `pg` carries only this communicator's traffic; `store` is private to it (a PrefixStore).
-  Communicator(c10::intrusive_ptr<c10d::Backend> pg, c10::intrusive_ptr<c10d::Store> store,
-               CommConfig cfg, Topology topo);
+  using FuturePtr = c10::intrusive_ptr<c10::ivalue::Future>;
+
+  // Collective over the `size` ranks that share `store` (private to this communicator: a
+  // PrefixStore). Agrees on the configuration, discovers the topology, creates its own Gloo
+  // backends and shared memory. Throws ArgError (ValueError) on every rank when any rank's
+  // configuration is invalid.
+  Communicator(c10::intrusive_ptr<c10d::Store> store, int rank, int size, CommOptions opts);
   ~Communicator();
+  // The deleter owners use: in a forked child the object is left alone (its mutexes and
+  // condition variables have waiters in the parent, whose threads do not exist here).
+  static void dispose(Communicator* c);
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
 
   int rank() const { return rank_; }
   int size() const { return size_; }
+  const Topology& topology() const { return topo_; }
+  const CommConfig& config() const { return cfg_; }
 
-  // Blocks until done (on this thread if nothing is queued). Throws CommError and subclasses.
-  void run(Call call);
-  // Returns at once; the future completes with call.output or with the error.
-  c10::intrusive_ptr<c10::ivalue::Future> run_async(Call call);
+  // -- the front door ------------------------------------------------------------------
+  // Validates `c` (ArgError before anything moves; the rejection is published so that peers in
+  // the same call raise promptly), then runs it. Blocks until done; returns the result tensor.
+  at::Tensor run(const Collective& c);
+  // The same, returning at once; the future completes with the result tensor or the error.
+  FuturePtr run_async(const Collective& c);
+  // For a collective another backend runs: compares `d`'s header across ranks in FIFO order,
+  // returning once every rank made the same call (MismatchError otherwise).
+  void check_delegated(const Delegated& d);
 
   // The algorithm `auto` resolves to for this many bytes (identical on every rank).
   Algo choose(size_t bytes) const;
   // Whether an explicitly requested algorithm can run on this topology.
   bool supports(Algo a) const;
-  // Whether allgather, reduce_scatter and broadcast can run (shared memory: every rank on one host).
-  bool supports_gather_family() const { return size_ == 1 || (shm_ && static_cast<int>(topo_.local.pids.size()) == size_); }
+  // Whether every rank shares this host's memory (the shared-memory paths of every kind).
+  bool single_host() const { return size_ == 1 || (shm_ && topo_.num_hosts == 1); }
   Algo last_algorithm() const { return static_cast<Algo>(last_algo_.load()); }
   uint64_t ops_completed() const { return completed_.load(); }
 
-  // Waits for queued work (each op still bounded by the timeout), then stops the worker.
+  // Waits for queued work (each op still bounded by the timeout), then stops the threads.
   void close();
   // Fails queued and running work at once, on this rank and (through the store) on every rank.
   void abort(const std::string& reason);
   bool aborted() const { return aborted_.load(); }
   std::string abort_reason() const;
+  // Throws ClosedError when used after close(), after an abort, or in a forked child.
+  void check_usable() const;
+  // Whether this process is a fork of the one that made the communicator.
+  bool forked() const;
+  // Rejects a call this rank will not make (an adapter's own argument check): takes the call's
+  // sequence number, publishes why so that peers making the call raise at once, throws `e`.
+  [[noreturn]] void reject(const ArgError& e);
 
  private:
   struct Task {
     Call call;
-    uint64_t seq;
-    c10::intrusive_ptr<c10::ivalue::Future> fut;
+    uint64_t seq = 0;
+    FuturePtr fut;  // null: a synchronous call
   };
-  void execute(Task& task);
-  void run_algorithm(const Call& call, const Header& h);
-  void run_gather_family(const Call& call, const Header& h);
-  // Records the algorithm an op runs with (last_algorithm, the watchdog's report, the debug
-  // log) and returns the header that goes on the wire.
-  Header announce(const Header& h, Algo algo);
-  ShmOptions shm_options() const;  // the configured options, with the kernel threads
+  // Queue state the worker thread shares: it outlives the Communicator when the last reference
+  // drops inside a future callback on the worker thread itself.
+  struct Queue {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<Task> tasks;
+    bool busy = false, stop = false, gone = false;
+  };
+
+  // validate.cpp
+  Call prepare(const Collective& c) const;
+  // communicator.cpp: queueing and threads
+  FuturePtr submit(Call call, bool sync);
+  bool on_worker() const { return std::this_thread::get_id() == worker_id_; }
+  // Runs queued tasks on this (the worker) thread until `until` completes (null: until stopped).
+  void drain(const FuturePtr& until);
+  static void complete(Task& t, std::exception_ptr err);
+  void worker_loop(std::shared_ptr<Queue> q);
+  // dispatch.cpp: one op, header check included
+  std::exception_ptr execute(Task& task);
+  void run_call(const Call& c, const Header& h);
+  void run_allreduce(const Call& c, const Header& h, bool header_checked);
+  void run_gather_family(const Call& c, const Header& h);
+  void run_fallback(const Call& c, const Header& h);
+  Header announce(const Header& h);
+  ShmOptions shm_options() const;
   void check_header(P2P& t, const Header& mine);
   Algo choose_flat(size_t bytes) const;
+  // watchdog.cpp: deadline, abort and rejection protocol
+  void begin_op(const Header& h);
+  void end_op();
   void poll();  // called from slow waits: deadline, local and remote abort
   [[noreturn]] void fail_timeout();
-  // Records the abort for every rank; returns the record that won (the first failure).
   std::string publish_abort(const std::string& record);
   std::string missing_ranks_report();
-  void worker_loop();
   void watchdog_loop();
   void interrupt_transports();
-  void fail_pending(const std::string& why);
 
-  c10::intrusive_ptr<c10d::Backend> pg_;
   c10::intrusive_ptr<c10d::Store> store_;
-  CommConfig cfg_;
   int rank_, size_;
+  CommOptions opts_;
+  CommConfig cfg_;
+  Topology topo_;
+  c10::intrusive_ptr<c10d::Backend> pg_, cross_pg_;
   std::unique_ptr<P2P> p2p_, cross_;
   std::unique_ptr<ShmGroup> shm_;
-  Topology topo_;
   Staging staging_, hdr_staging_;
+  uint64_t fork_generation_;
 
-  // Op in progress (only one runs at a time).
+  // Op in progress (only one runs at a time). in_op_, op_seq_ and fired_ change under wd_mu_,
+  // so that a deadline never fires for an op that has already finished.
   Header cur_;
   std::chrono::steady_clock::time_point deadline_;
-  std::atomic<int64_t> deadline_ns_{0};
-  std::atomic<bool> in_op_{false};
+  bool in_op_ = false;
 
-  // Watchdog: while an op runs it polls the store for a peer's abort and watches the deadline;
-  // when either fires it records why and interrupts the blocked transport wait.
-  std::thread watchdog_;
+  std::unique_ptr<std::thread> watchdog_;
   std::mutex wd_mu_;
   std::condition_variable wd_cv_;
   bool wd_stop_ = false;
-  std::atomic<int> fired_{0};  // 0 no, 1 deadline, 2 peer abort in store, 3 store lost
-  std::string fired_record_;   // written before fired_ is set
+  // 0 no, 1 deadline, 2 peer abort in store, 3 store lost, 4 a peer rejected this call
+  std::atomic<int> fired_{0};
+  std::string fired_record_;  // written before fired_ is set
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Task> queue_;
-  bool busy_ = false, stop_ = false;
-  uint64_t next_seq_ = 0;
-  std::thread worker_;
+  std::shared_ptr<Queue> q_;
+  uint64_t next_seq_ = 0;  // under q_->mu
+  std::unique_ptr<std::thread> worker_;
+  std::thread::id worker_id_;
 
   std::atomic<bool> aborted_{false}, closed_{false};
   mutable std::mutex reason_mu_;

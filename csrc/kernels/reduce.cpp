@@ -40,27 +40,6 @@ void split(size_t n, size_t esize, int threads, F&& fn) {
 
 }  // namespace
 
-size_t dtype_size(DType t) {
-  switch (t) {
-    case DType::kFloat64: case DType::kInt64: return 8;
-    case DType::kFloat32: case DType::kInt32: return 4;
-    case DType::kFloat16: case DType::kBFloat16: return 2;
-    default: return 1;
-  }
-}
-
-const char* dtype_name(DType t) {
-  static const char* names[] = {"float32", "float64", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "bool"};
-  return names[static_cast<int>(t)];
-}
-
-const char* op_name(RedOp op) {
-  static const char* names[] = {"sum", "avg", "product", "max", "min"};
-  return names[static_cast<int>(op)];
-}
-
-bool is_floating(DType t) { return t == DType::kFloat32 || t == DType::kFloat64 || t == DType::kFloat16 || t == DType::kBFloat16; }
-
 void reduce_inplace(void* dst, const void* src, size_t n, DType t, RedOp op, int threads) {
   const size_t es = dtype_size(t);
   split(n, es, threads, [&](size_t b, size_t e) {

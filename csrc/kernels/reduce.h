@@ -4,15 +4,9 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/types.h"
+
 namespace far {
-
-enum class DType : uint8_t { kFloat32, kFloat64, kFloat16, kBFloat16, kInt8, kUInt8, kInt32, kInt64, kBool };
-enum class RedOp : uint8_t { kSum, kAvg, kProduct, kMax, kMin };
-
-size_t dtype_size(DType t);
-const char* dtype_name(DType t);
-const char* op_name(RedOp op);
-bool is_floating(DType t);
 
 // dst[i] = op(dst[i], src[i]). Avg accumulates like sum; the division is scale_div().
 // 16-bit floats are computed in float32 and rounded on every call (one rounding per hop).

@@ -1,6 +1,6 @@
 #include "transport/p2p.h"
 
-#include "engine/errors.h"
+#include "common/errors.h"
 
 namespace far {
 namespace {
@@ -64,6 +64,11 @@ void P2P::interrupt() {
   std::lock_guard<std::mutex> lk(mu_);
   interrupted_ = true;
   if (current_) current_->abort();
+}
+
+void P2P::clear_interrupt() {
+  std::lock_guard<std::mutex> lk(mu_);
+  interrupted_ = false;
 }
 
 }  // namespace far

@@ -36,6 +36,9 @@ class P2P {
   // every connection when a wait times out, so waits are never given a timeout of their own;
   // deadlines and aborts arrive through here instead.
   void interrupt();
+  // Undoes interrupt() when the wait it targeted had completed anyway (a deadline that fired as
+  // the op finished); called only when no wait is in progress.
+  void clear_interrupt();
 
  private:
   c10::intrusive_ptr<c10d::Backend> backend_;  // called directly: no dispatcher round trip per message

@@ -9,13 +9,17 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <random>
 #include <sstream>
 #include <thread>
 
-#include "engine/errors.h"
+#include "common/errors.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -63,7 +67,77 @@ bool process_alive(int pid) {
   return state != 'Z' && state != 'X';
 }
 
+// This process's pid namespace: pids are only comparable inside one.
+unsigned long pid_namespace() {
+  struct stat st {};
+  return stat("/proc/self/ns/pid", &st) == 0 ? static_cast<unsigned long>(st.st_ino) : 0;
+}
+
+std::string random_suffix() {
+  std::random_device rd;  // the kernel's entropy: other local users cannot predict the name
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%08x%08x", rd(), rd());
+  return buf;
+}
+
+// Our segments (fastallreduce_<tag>_<pidns>_<pid>_<rank>_<random>) whose creator, in our pid
+// namespace, is dead: a rank killed between creating and unlinking its segment left them.
+void remove_stale_segments() {
+  DIR* d = opendir("/dev/shm");
+  if (!d) return;
+  const unsigned long ns = pid_namespace();
+  while (dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.rfind("fastallreduce_", 0) != 0) continue;
+    std::vector<std::string> parts;
+    std::stringstream ss(name);
+    for (std::string p; std::getline(ss, p, '_');) parts.push_back(p);
+    if (parts.size() < 6) continue;
+    const std::string& pid_s = parts[parts.size() - 3];
+    const std::string& ns_s = parts[parts.size() - 4];
+    if (ns_s != std::to_string(ns) || pid_s.empty() || pid_s.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    struct stat st {};
+    const std::string path = "/dev/shm/" + name;
+    if (stat(path.c_str(), &st) != 0 || st.st_uid != geteuid()) continue;
+    if (!process_alive(std::atoi(pid_s.c_str()))) shm_unlink(("/" + name).c_str());
+  }
+  closedir(d);
+}
+
+// Maps a peer's segment only if it is ours to trust: owned by our effective user, readable and
+// writable by nobody else, and as large as a segment must be (a short file is a SIGBUS later).
+void* map_peer(const std::string& name, size_t bytes, int local_rank) {
+  if (name.rfind("/fastallreduce_", 0) != 0 || name.find('/', 1) != std::string::npos)
+    throw CommError("fastallreduce: local rank " + std::to_string(local_rank) + " published an invalid segment name");
+  int fd = shm_open(name.c_str(), O_RDWR | O_NOFOLLOW, 0);
+  if (fd < 0) throw CommError(sys_error("fastallreduce: cannot open local rank " + std::to_string(local_rank) + "'s segment " + name));
+  struct stat st {};
+  std::string bad;
+  if (fstat(fd, &st) != 0) bad = sys_error("fstat failed");
+  else if (st.st_uid != geteuid()) bad = "it is owned by uid " + std::to_string(st.st_uid) + ", not by us";
+  else if (st.st_mode & 077) bad = "its mode lets other users read or write it";
+  else if (static_cast<size_t>(st.st_size) < bytes)
+    bad = "it has " + std::to_string(st.st_size) + " bytes, less than " + std::to_string(bytes);
+  if (!bad.empty()) {
+    close(fd);
+    throw CommError("fastallreduce: refusing local rank " + std::to_string(local_rank) + "'s segment " + name + ": " + bad);
+  }
+  void* q = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (q == MAP_FAILED) throw CommError(sys_error("fastallreduce: mmap of " + name + " failed"));
+  return q;
+}
+
+// A test failpoint: FASTALLREDUCE_FAILPOINT=<name> ends the process there (as a kill would).
+void failpoint(const char* name) {
+  const char* fp = std::getenv("FASTALLREDUCE_FAILPOINT");
+  if (fp && std::strcmp(fp, name) == 0) _exit(86);
+}
+
 }  // namespace
+
+void verify_peer_segment(const std::string& name, size_t bytes) { munmap(map_peer(name, bytes, -1), bytes); }
 
 ShmGroup::ShmGroup(int local_rank, ShmPeers peers, c10::intrusive_ptr<c10d::Store> store,
                    const std::string& tag, size_t slot_bytes, std::chrono::milliseconds timeout)
@@ -73,8 +147,10 @@ ShmGroup::ShmGroup(int local_rank, ShmPeers peers, c10::intrusive_ptr<c10d::Stor
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   spin_ = static_cast<unsigned>(n) <= cores;
   base_.assign(n, nullptr);
-  my_name_ = "/fastallreduce_" + tag + "_" + std::to_string(getpid()) + "_" + std::to_string(me_);
-  int fd = shm_open(my_name_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+  remove_stale_segments();
+  my_name_ = "/fastallreduce_" + tag + "_" + std::to_string(pid_namespace()) + "_" + std::to_string(getpid()) + "_" +
+             std::to_string(me_) + "_" + random_suffix();
+  int fd = shm_open(my_name_.c_str(), O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW, 0600);
   if (fd < 0) throw CommError(sys_error("fastallreduce: shm_open(" + my_name_ + ") failed"));
   bool linked = true;
   auto cleanup = [&] {
@@ -96,6 +172,7 @@ ShmGroup::ShmGroup(int local_rank, ShmPeers peers, c10::intrusive_ptr<c10d::Stor
     close(fd);
     if (p == MAP_FAILED) throw CommError(sys_error("fastallreduce: mmap of own segment failed"));
     base_[me_] = static_cast<char*>(p);
+    failpoint("shm_created");
     auto* c = new (p) ShmControl();
     c->pid = getpid();
     c->magic = kMagic;
@@ -108,12 +185,7 @@ ShmGroup::ShmGroup(int local_rank, ShmPeers peers, c10::intrusive_ptr<c10d::Stor
       store->wait({key}, timeout);
       auto v = store->get(key);
       std::string name(v.begin(), v.end());
-      int pfd = shm_open(name.c_str(), O_RDWR, 0600);
-      if (pfd < 0) throw CommError(sys_error("fastallreduce: cannot open local rank " + std::to_string(r) + "'s segment " + name));
-      void* q = mmap(nullptr, seg_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, pfd, 0);
-      close(pfd);
-      if (q == MAP_FAILED) throw CommError(sys_error("fastallreduce: mmap of " + name + " failed"));
-      base_[r] = static_cast<char*>(q);
+      base_[r] = static_cast<char*>(map_peer(name, seg_bytes_, r));
       if (ctrl(r).magic != kMagic) throw CommError("fastallreduce: segment " + name + " is not initialised");
     }
     // Everyone has mapped everyone: names are no longer needed.

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/header.h"
+#include "common/header.h"
 
 namespace far {
 
@@ -37,6 +37,11 @@ struct ShmPeers {
   std::vector<int> group_ranks;  // group rank of each local rank
   std::vector<int> pids;
 };
+
+// Opens, checks and unmaps a peer's segment as ShmGroup does before mapping it: owned by our
+// effective user, no permission bits for group or others, at least `bytes` long. Throws
+// CommError naming what is wrong (tests and diagnostics).
+void verify_peer_segment(const std::string& name, size_t bytes);
 
 class ShmGroup {
  public:

@@ -1,0 +1,146 @@
+// The front door's checks: every argument error is an ArgError raised before anything is sent,
+// and the path depends only on what every rank shares (kind, dtype, op, count, root, device,
+// topology) -- never on contiguity: a tensor the kernels cannot take as it is gets staged.
+#include <optional>
+#include <string>
+
+#include "common/aten.h"
+#include "common/errors.h"
+#include "engine/communicator.h"
+
+namespace far {
+namespace {
+
+std::string str(const at::Tensor& t) { return c10::toString(t.scalar_type()); }
+
+void check_tensor(const at::Tensor& t, const char* what) {
+  if (!t.defined()) throw type_error(std::string("fastallreduce: ") + what + " is not a tensor");
+  if (t.layout() != at::kStrided)
+    throw type_error(std::string("fastallreduce: sparse / non-strided tensors are not supported (") + what +
+                     " has layout " + c10::str(t.layout()) + ")");
+  if (!t.device().is_cpu())
+    throw not_implemented("fastallreduce: no " + std::string(what) + " path for device " + t.device().str() +
+                          " in this build");
+}
+
+DType check_dtype(const at::Tensor& t, Kind k, RedOp op) {
+  const std::optional<DType> dt = to_dtype(t.scalar_type());
+  if (!dt) throw type_error("fastallreduce: unsupported dtype " + str(t));
+  if (k == Kind::kAllreduce || k == Kind::kReduceScatter) {
+    if (op == RedOp::kAvg && !is_floating(*dt))
+      throw type_error(std::string("fastallreduce: op=avg needs a floating dtype, got ") + dtype_name(*dt) +
+                       " (integer division would silently truncate; use sum)");
+    if (*dt == DType::kBool && op != RedOp::kMax && op != RedOp::kMin)
+      throw type_error(std::string("fastallreduce: bool tensors support only op=max / op=min, got op=") +
+                       op_name(op));
+  }
+  return *dt;
+}
+
+// The bytes a view can touch, from its strides.
+std::pair<const char*, const char*> extent(const at::Tensor& t) {
+  const char* p = static_cast<const char*>(t.data_ptr());
+  int64_t lo = 0, hi = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) (t.stride(d) < 0 ? lo : hi) += (t.size(d) - 1) * t.stride(d);
+  return {p + lo * t.element_size(), p + (hi + 1) * t.element_size()};
+}
+
+bool overlap(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  const auto ea = extent(a), eb = extent(b);
+  return ea.first < eb.second && eb.first < ea.second;
+}
+
+// A tensor the kernels take as it is: dense, contiguous, without lazy conj/neg bits.
+bool plain(const at::Tensor& t) { return t.is_contiguous() && !t.is_conj() && !t.is_neg(); }
+
+at::Tensor staged_input(const at::Tensor& t) {
+  if (plain(t)) return t;
+  return t.detach().resolve_conj().resolve_neg().contiguous();
+}
+
+}  // namespace
+
+Call Communicator::prepare(const Collective& c) const {
+  if (static_cast<int>(c.kind) >= kNumEngineKinds)
+    throw value_error("fastallreduce: unknown collective code " + std::to_string(static_cast<int>(c.kind)));
+  if (static_cast<int>(c.op) >= kNumOps)
+    throw value_error("fastallreduce: unknown reduce op code " + std::to_string(static_cast<int>(c.op)));
+  if (static_cast<int>(c.algo) >= kNumUserAlgos)
+    throw value_error("fastallreduce: unknown algorithm code " + std::to_string(static_cast<int>(c.algo)));
+  const Kind k = c.kind;
+  const bool reducing = k == Kind::kAllreduce || k == Kind::kReduceScatter;
+  const RedOp op = reducing ? c.op : RedOp::kSum;  // gathers and broadcasts copy
+  check_tensor(c.input, k == Kind::kBroadcast ? "broadcast" : "input");
+  const DType dt = check_dtype(c.input, k, op);
+  (void)dt;
+  const bool in_place = k == Kind::kBroadcast || !c.output.defined() || c.output.is_same(c.input);
+  if (!in_place) {
+    check_tensor(c.output, "output");
+    if (c.output.scalar_type() != c.input.scalar_type())
+      throw type_error("fastallreduce: output has dtype " + str(c.output) + ", input has " + str(c.input));
+    if (overlap(c.input, c.output))
+      throw value_error(std::string("fastallreduce: ") + kind_name(k) + " input and output overlap");
+  }
+  const int64_t n = size_, in_n = c.input.numel(), out_n = in_place ? in_n : c.output.numel();
+  switch (k) {
+    case Kind::kAllreduce:
+      if (!in_place && c.output.sizes() != c.input.sizes())
+        throw value_error("fastallreduce: out has shape " + c10::str(c.output.sizes()) + ", tensor has " +
+                          c10::str(c.input.sizes()));
+      if (!supports(c.algo))
+        throw value_error(std::string("fastallreduce: algorithm=") + algo_name(c.algo) +
+                          " cannot run on this topology (shm needs every rank on one host)");
+      break;
+    case Kind::kAllgather:
+      if (in_place || out_n != n * in_n)
+        throw value_error("fastallreduce: allgather output has " + std::to_string(out_n) +
+                          " elements; it needs group size x input = " + std::to_string(n * in_n));
+      break;
+    case Kind::kReduceScatter:
+      if (in_place || in_n != n * out_n)
+        throw value_error("fastallreduce: reduce_scatter input has " + std::to_string(in_n) +
+                          " elements; it needs group size x output = " + std::to_string(n * out_n));
+      break;
+    case Kind::kBroadcast:
+      if (c.root < 0 || c.root >= n)
+        throw value_error("fastallreduce: broadcast src " + std::to_string(c.root) +
+                          " is not a rank of the group (size " + std::to_string(n) + ")");
+      break;
+    default: break;
+  }
+
+  Call call;
+  call.kind = k;
+  call.op = op;
+  call.root = k == Kind::kBroadcast ? c.root : 0;
+  call.in = staged_input(c.input);
+  const at::Tensor& user_out = in_place ? c.input : c.output;
+  if (plain(user_out)) {
+    call.out = in_place ? call.in : user_out;
+    if (in_place && !call.in.is_same(c.input)) call.copy_back = c.input;  // staged in-place tensor
+  } else {
+    call.out = in_place ? call.in : at::empty({user_out.numel()}, user_out.options());
+    call.copy_back = user_out;
+  }
+  // The path, from what every rank shares.
+  const size_t bytes = static_cast<size_t>(call.out.numel()) * call.out.element_size();
+  if (k == Kind::kAllreduce) {
+    Algo a = c.algo == Algo::kAuto ? choose(bytes) : c.algo;
+    if (a == Algo::kHierarchical && !(shm_ && topo_.uniform && cross_)) a = choose_flat(bytes);
+    call.algo = a;
+  } else {
+    call.algo = single_host() ? Algo::kShm : choose(static_cast<size_t>(in_n + out_n) * c.input.element_size());
+  }
+  Header& h = call.header;
+  h.kind = static_cast<uint8_t>(k);
+  h.op = static_cast<uint8_t>(op);
+  h.root = static_cast<uint32_t>(call.root);
+  h.dtype = static_cast<uint8_t>(c.input.scalar_type());
+  h.device = static_cast<uint8_t>(c.input.device().type());
+  h.count = static_cast<uint64_t>(k == Kind::kReduceScatter ? out_n : in_n);
+  h.algo = static_cast<uint8_t>(call.algo);
+  return call;
+}
+
+}  // namespace far
