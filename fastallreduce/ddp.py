@@ -10,6 +10,9 @@ completes with the bucket's gradients AVERAGED over the group (the sum divided b
 size, as DDP's default hook does), with the buffer's shape and dtype. The reduction runs on the
 communicator's worker thread while backprop continues.
 
+The update fused into the hook (:func:`register_fused_optimizer`, :class:`FusedSGDState`,
+:func:`fused_sgd_hook`) lives in :mod:`fastallreduce.fused` and is re-exported here.
+
 This module deliberately does not use ``from __future__ import annotations``: DDP compares the
 hook's return annotation with ``torch.futures.Future[torch.Tensor]`` by identity.
 """
@@ -185,122 +188,7 @@ def register(ddp_model: torch.nn.parallel.DistributedDataParallel, *, buffers: b
     return state
 
 
-class FusedSGDState(HookState):
-    """State of :func:`fused_sgd_hook`: a :class:`HookState` plus the optimizer whose update is
-    applied to each bucket's parameters as soon as that bucket's allreduce completes.
-
-    Made by :func:`register_fused_optimizer`; see there for the contract.
-    """
-
-    def __init__(self, process_group: Optional[dist.ProcessGroup], optimizer, **options) -> None:
-        from .optim import SGD
-
-        if not isinstance(optimizer, SGD):
-            raise TypeError("fastallreduce: the fused update needs a fastallreduce.optim.SGD optimizer "
-                            f"(got {type(optimizer).__name__}); it is a drop-in for torch.optim.SGD")
-        super().__init__(process_group, **options)
-        self.optimizer = optimizer
-        self._updated: set = set()  # ids of parameters updated by the hook since the last step()
-        self._probes: list = []  # (param, first gradient elements used) to detect later edits
-        self._plain_step = optimizer.step
-        optimizer.step = self._step  # type: ignore[method-assign]
-
-    def _group_index(self, p: torch.Tensor) -> int:
-        for i, g in enumerate(self.optimizer.param_groups):
-            if any(p is q for q in g["params"]):
-                return i
-        raise RuntimeError("fastallreduce: a DDP parameter is not in the fused optimizer's param_groups")
-
-    def _update_bucket(self, params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
-        groups: Dict[int, tuple] = {}
-        for p, g in zip(params, grads):
-            if g is None:
-                continue
-            if g.is_sparse:
-                raise RuntimeError("fastallreduce: sparse gradients cannot use the fused update")
-            ps, gs = groups.setdefault(self._group_index(p), ([], []))
-            ps.append(p)
-            gs.append(g)
-        with torch.no_grad():
-            for gi, (ps, gs) in groups.items():
-                self.optimizer._step_params(self.optimizer.param_groups[gi], ps, gs)
-        with self._lock:
-            self._updated.update(id(p) for ps, _ in groups.values() for p in ps)
-            for ps, gs in groups.values():
-                if gs[0].numel():  # a few elements to tell, at step(), whether p.grad was edited
-                    self._probes.append((ps[0], gs[0].reshape(-1)[:8].clone()))
-
-    def _step(self, closure=None, grad_scaler=None):
-        """optimizer.step() once the hook is registered: parameters the hook already updated since
-        the last call are left alone (no double update); any others with a gradient are updated
-        now. Refuses GradScaler and gradients changed after the fused update (clipping)."""
-        if grad_scaler is not None or getattr(self.optimizer, "found_inf", None) is not None:
-            raise RuntimeError("fastallreduce: GradScaler cannot be combined with the update fused into the DDP hook: "
-                               "it must see every gradient before any parameter is updated")
-        with self._lock:
-            probes, self._probes = self._probes, []
-            done, self._updated = self._updated, set()
-        for p, before in probes:
-            if p.grad is not None and not torch.equal(p.grad.reshape(-1)[: before.numel()], before):
-                raise RuntimeError("fastallreduce: gradients changed after the fused update had used them "
-                                   "(gradient clipping?); clipping needs every gradient before any update, so it "
-                                   "cannot be combined with register_fused_optimizer")
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        with torch.no_grad():
-            for group in self.optimizer.param_groups:
-                ps = [p for p in group["params"] if p.grad is not None and id(p) not in done]
-                if ps:
-                    self.optimizer._step_params(group, ps, [p.grad for p in ps])
-        return loss
-
-
-def fused_sgd_hook(state: FusedSGDState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """Averages the bucket like :func:`allreduce_hook`, then updates the bucket's parameters with
-    ``state.optimizer`` on the communicator's thread, so one bucket's update overlaps the next
-    bucket's communication. The Future holds the averaged gradients.
-
-    On a rank that has joined (Join's shadow passes, outside any backward) it only communicates.
-    """
-    in_backward = torch._C._current_graph_task_id() != -1
-    fut = allreduce_hook(state, bucket)
-    if not in_backward:
-        return fut
-    params = bucket.parameters()
-
-    def update(f: torch.futures.Future) -> torch.Tensor:
-        buf = f.value()
-        state._update_bucket(params, bucket.gradients())
-        return buf
-
-    return fut.then(update)
-
-
-def register_fused_optimizer(ddp_model: torch.nn.parallel.DistributedDataParallel, optimizer, *,
-                             buffers: bool = True, **options) -> FusedSGDState:
-    """Fuses ``optimizer``'s update into the DDP communication hook.
-
-    Each bucket's parameters are updated (reading the lr from ``optimizer.param_groups`` every
-    time, so LR schedules apply) as soon as the bucket's averaged gradients arrive.
-
-    Contract:
-      * keep calling ``optimizer.step()`` after ``backward()``: it does not update again what the
-        hook updated, it updates any parameter the hook did not see, and LR schedulers stay happy;
-      * ``no_sync()`` accumulation steps do not update (DDP runs no hook then);
-      * a rank that has joined (Join) does not update;
-      * GradScaler, gradient clipping and sparse gradients need all gradients before any update
-        and raise a RuntimeError.
-
-    ``optimizer`` must be a :class:`fastallreduce.optim.SGD`; ``buffers`` and ``options`` as in
-    :func:`register`. Collective: call it on every rank.
-    """
-    state = FusedSGDState(ddp_model.process_group, optimizer, **options)
-    ddp_model.register_comm_hook(state, fused_sgd_hook)
-    if buffers:
-        _route_buffers(ddp_model, state)
-    return state
-
+# Re-exported: the fused update lives in its own module (which builds on this one).
+from .fused import FusedSGDState, fused_sgd_hook, register_fused_optimizer  # noqa: E402
 
 __all__ = ["HookState", "allreduce_hook", "register", "FusedSGDState", "fused_sgd_hook", "register_fused_optimizer"]

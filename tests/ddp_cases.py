@@ -128,3 +128,61 @@ def train_fused(fused: bool, steps: int = 12, accumulate: int = 1, gradient_as_b
             break
         sched.step()
     return [p.detach().clone() for p in model.parameters()], error
+
+
+def _steps(ddp, opt, gen, n, after=()):
+    """``n`` training steps on random batches from ``gen``; ``after``: schedulers stepped each time."""
+    for _ in range(n):
+        opt.zero_grad()
+        (ddp(torch.randn(8, 16, generator=gen)) ** 2).mean().backward()
+        opt.step()
+        for s in after:
+            s.step()
+
+
+def train_scheduled(fused: bool, steps: int = 8, schedulers: bool = True):
+    """LR schedulers made AFTER the update is fused into the hook (``schedulers``), and optimizer
+    step hooks.
+
+    ``fused``: far.optim.SGD fused by register_fused_optimizer; otherwise the reference,
+    torch.optim.SGD on DDP's default allreduce. Returns the parameters, how often each step hook
+    ran, and the lr of every step."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    from fastallreduce.optim import SGD, WarmupSchedule
+
+    torch.manual_seed(0)
+    model = Net()
+    ddp = DDP(model, bucket_cap_mb=0.002)
+    kw = dict(lr=0.4, momentum=0.9, weight_decay=1e-4, nesterov=True)
+    opt = SGD(ddp.parameters(), **kw) if fused else torch.optim.SGD(ddp.parameters(), foreach=False, **kw)
+    calls = {"pre": 0, "post": 0, "global_pre": 0, "global_post": 0}
+
+    def counter(key):
+        def hook(o, args, kwargs):
+            if o is opt:  # global hooks see every optimizer of the process
+                calls[key] += 1
+        return hook
+
+    opt.register_step_pre_hook(counter("pre"))  # before and after the fusion: both must run
+    if fused:
+        far.ddp.register_fused_optimizer(ddp, opt)
+    opt.register_step_post_hook(counter("post"))
+    handles = [register_optimizer_step_pre_hook(counter("global_pre")),
+               register_optimizer_step_post_hook(counter("global_post"))]
+    scheds = []
+    if schedulers:
+        scheds = [WarmupSchedule(opt, iters_per_epoch=2, warmup="gradual", warmup_epochs=2, warmup_start_lr=0.05,
+                                 milestones=(3,), gamma=0.5),
+                  torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.7)]
+    lrs = []
+    gen = torch.Generator().manual_seed(100 + dist.get_rank())
+    try:
+        for _ in range(steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            _steps(ddp, opt, gen, 1, after=scheds)
+    finally:
+        for h in handles:
+            h.remove()
+    return [p.detach().clone() for p in model.parameters()], calls, lrs
+

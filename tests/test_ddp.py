@@ -87,3 +87,19 @@ def test_fused_update_refuses_clipping(pool):
     got = pool(2).run(dc.train_fused, True, clip=True, timeout=TIMEOUT)
     for params, error in got:
         assert error is not None and "clipping" in error
+
+
+@pytest.mark.parametrize("schedulers", [False, True])
+def test_fused_update_keeps_step_hooks_and_schedulers(pool, schedulers):
+    # The optimizer's own and the global step hooks run once per step; with `schedulers`, a
+    # WarmupSchedule and a StepLR are made after register_fused_optimizer (each wraps
+    # optimizer.step again).
+    p = pool(2)
+    ref = p.run(dc.train_scheduled, False, schedulers=schedulers, timeout=TIMEOUT)
+    got = p.run(dc.train_scheduled, True, schedulers=schedulers, timeout=TIMEOUT)
+    for r in range(2):
+        assert got[r][2] == ref[r][2]  # the same lr at every step
+        assert got[r][1] == {"pre": 8, "post": 8, "global_pre": 8, "global_post": 8}, got[r][1]
+        for a, b in zip(ref[r][0], got[r][0]):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
