@@ -13,19 +13,31 @@ communicator's worker thread while backprop continues.
 The update fused into the hook (:func:`register_fused_optimizer`, :class:`FusedSGDState`,
 :func:`fused_sgd_hook`) lives in :mod:`fastallreduce.fused` and is re-exported here.
 
+Copies: ``copy.deepcopy(ddp_model)`` and ``torch.save(ddp_model)`` / ``torch.load`` work. As with
+torch's PowerSGDState, the state is saved without its process-local parts (Communicator, process
+group, lock); the copy's state makes its own Communicator at its first use (a collective: every
+rank uses its copy at the same point, as it does with DDP). DDP rebuilds its reducer without the
+comm hook when it is unpickled; :func:`register` puts the hook back on a copy before the copy's
+first forward.
+
 This module deliberately does not use ``from __future__ import annotations``: DDP compares the
 hook's return annotation with ``torch.futures.Future[torch.Tensor]`` by identity.
 """
+import logging
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 
 from .communicator import Communicator
 
+log = logging.getLogger("fastallreduce")
+
 _COMPRESSION = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Left out when a state is pickled: they belong to this process (see HookState.__getstate__).
+_PROCESS_LOCAL = ("_comm", "process_group", "_lock", "_comm_lock")
 
 
 class HookState:
@@ -37,6 +49,12 @@ class HookState:
         algorithm: the Communicator algorithm ("auto" picks per bucket size and topology).
         compression: None, "bf16" or "fp16": cast gradients for the wire and back afterwards.
         communicator: reuse an existing Communicator over the same ranks instead of making one.
+
+    A copy of the state (``copy.deepcopy``, pickling, ``torch.save`` of the DDP model) keeps the
+    options and statistics, uses the default process group (as DDP's own copies do; a warning
+    says so when the original used another group) and makes its own Communicator with the same
+    algorithm at its first use. That construction is a collective, so every rank must use its
+    copy; it never happens while unpickling.
 
     ``stats()`` reports, for the last completed step: bytes reduced, time spent in
     communication (sum over buckets, from hook call to completion), and exposed communication:
@@ -50,7 +68,10 @@ class HookState:
             raise ValueError(f"fastallreduce: compression must be one of None, 'bf16', 'fp16'; got {compression!r}")
         self.process_group = process_group
         self.compression = _COMPRESSION[compression]
-        self.comm = communicator if communicator is not None else Communicator(process_group, algorithm)
+        self.algorithm = getattr(communicator, "algorithm", algorithm) if communicator is not None else algorithm
+        self._comm: Optional[Communicator] = (communicator if communicator is not None
+                                              else Communicator(process_group, algorithm))
+        self._comm_lock = threading.Lock()
         self._lock = threading.Lock()
         self._reset_step()
         self._last: Dict[str, float] = {"bytes": 0, "buckets": 0, "comm_time_s": 0.0, "exposed_s": 0.0}
@@ -94,9 +115,35 @@ class HookState:
         with self._lock:
             return dict(self._last)
 
-    # DDP pickles the hook state when it saves/loads; the communicator is process-local.
-    def __getstate__(self):
-        raise RuntimeError("fastallreduce.ddp.HookState holds a live Communicator and cannot be pickled")
+    @property
+    def comm(self) -> Communicator:
+        """The state's Communicator. A copy makes its own at the first use (a collective)."""
+        comm = self._comm
+        if comm is None:
+            with self._comm_lock:
+                if self._comm is None:
+                    self._comm = Communicator(self.process_group, self.algorithm)
+                comm = self._comm
+        return comm
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # The Communicator, group and locks belong to this process (torch's PowerSGDState leaves
+        # its group out the same way); the copy makes its own Communicator when first used.
+        state = {k: v for k, v in self.__dict__.items() if k not in _PROCESS_LOCAL}
+        state["_default_group"] = self.process_group in (None, dist.GroupMember.WORLD)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        default_group = state.pop("_default_group", True)
+        self.__dict__.update(state)
+        self.process_group = None
+        self._comm = None  # never made here: construction is a collective
+        self._comm_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._reset_step()
+        if not default_group:
+            log.warning("fastallreduce: a copied HookState uses the default process group; set its "
+                        "process_group before its first use to keep another group")
 
 
 def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -109,10 +156,11 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     buf = bucket.buffer()
     if buf.is_sparse:
         raise RuntimeError("fastallreduce.ddp.allreduce_hook does not support sparse gradients")
+    comm = state.comm
     t0 = state._started(buf.numel() * buf.element_size(), bucket.is_last())
     if state.compression is not None and buf.dtype != state.compression:
         wire = buf.to(state.compression)
-        fut = state.comm.allreduce(wire, op="avg", async_op=True)
+        fut = comm.allreduce(wire, op="avg", async_op=True)
 
         def decompress(f: torch.futures.Future) -> torch.Tensor:
             try:
@@ -122,7 +170,7 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
                 state._finished(t0)
 
         return fut.then(decompress)
-    fut = state.comm.allreduce(buf, op="avg", async_op=True)
+    fut = comm.allreduce(buf, op="avg", async_op=True)
 
     def done(f: torch.futures.Future) -> torch.Tensor:
         try:
@@ -162,6 +210,9 @@ class _BufferBroadcast:
                 offset += v.numel()
         self.state.buffer_syncs += 1
 
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"state": self.state, "ddp_broadcast": self.ddp_broadcast, "flat": None}
+
 
 def _route_buffers(ddp_model: torch.nn.parallel.DistributedDataParallel, state: HookState) -> None:
     # DDP broadcasts its buffers through this one method (only buffers: parameters are synced
@@ -172,19 +223,70 @@ def _route_buffers(ddp_model: torch.nn.parallel.DistributedDataParallel, state: 
         ddp_model._distributed_broadcast_coalesced = _BufferBroadcast(state, ddp_broadcast)
 
 
+class _Reattach:
+    """Forward pre-hook that puts the comm hook back on a copy of the DDP model.
+
+    DDP rebuilds its reducer without any comm hook when it is unpickled (deepcopy, torch.load);
+    this registers the copied state and hook on the copy's reducer before its first forward, so
+    before any of its backward passes. On the original it does nothing.
+    """
+
+    def __init__(self, state: HookState, hook: Callable) -> None:
+        self.state = state
+        self.hook = hook
+        self.registered = True  # on the reducer of the model it belongs to
+        self.handle: Any = None
+
+    def __call__(self, ddp_model: torch.nn.parallel.DistributedDataParallel, args: Any) -> None:
+        if not self.registered:
+            self.registered = True
+            _forget_hook(ddp_model, self.state)
+            ddp_model.register_comm_hook(self.state, self.hook)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return dict(self.__dict__, registered=False)
+
+
+def _forget_hook(ddp_model: torch.nn.parallel.DistributedDataParallel, state: HookState) -> None:
+    # DDP's list of (hook, state) pairs, copied with the model, would otherwise hold the pair twice.
+    hooks = getattr(ddp_model, "_comm_hooks", None)
+    if hooks is not None:
+        hooks[:] = [(h, s) for h, s in hooks if s is not state]
+
+
+def _install(ddp_model: torch.nn.parallel.DistributedDataParallel, state: HookState, hook: Callable,
+             buffers: bool) -> None:
+    """Registers ``hook`` with ``state`` on ``ddp_model`` (and on its later copies)."""
+    stale = getattr(ddp_model, "_fastallreduce_hook", None)
+    if stale is not None and not stale.registered:
+        # A copy whose copied hook is not on its reducer yet: this registration replaces it.
+        stale.handle.remove()
+        _forget_hook(ddp_model, stale.state)
+        if isinstance(ddp_model.__dict__.get("_distributed_broadcast_coalesced"), _BufferBroadcast):
+            del ddp_model._distributed_broadcast_coalesced
+    ddp_model.register_comm_hook(state, hook)
+    if buffers:
+        _route_buffers(ddp_model, state)
+    reattach = _Reattach(state, hook)
+    reattach.handle = ddp_model.register_forward_pre_hook(reattach)
+    ddp_model._fastallreduce_hook = reattach
+
+
 def register(ddp_model: torch.nn.parallel.DistributedDataParallel, *, buffers: bool = True,
-             **options) -> HookState:
+             **options: Any) -> HookState:
     """Registers :func:`allreduce_hook` on ``ddp_model`` over the group DDP itself uses.
 
     ``options`` are :class:`HookState`'s keyword arguments. With ``buffers`` (the default), the
     module buffers (BatchNorm running statistics) that DDP broadcasts before every forward also
     go through the hook's Communicator (same source rank as DDP's, Join included) instead of
     DDP's group. Returns the state (for ``stats()``). Collective: call it on every rank.
+
+    A copy of ``ddp_model`` (``copy.deepcopy``, ``torch.save`` / ``torch.load``) keeps the hook,
+    with a copy of the state (see :class:`HookState`); registering again on a copy before its
+    first forward replaces the copied hook.
     """
     state = HookState(ddp_model.process_group, **options)
-    ddp_model.register_comm_hook(state, allreduce_hook)
-    if buffers:
-        _route_buffers(ddp_model, state)
+    _install(ddp_model, state, allreduce_hook, buffers)
     return state
 
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Set
 import torch
 import torch.distributed as dist
 
-from .ddp import HookState, _route_buffers, allreduce_hook
+from .ddp import HookState, _install, allreduce_hook
 from .optim import SGD
 
 __all__ = ["FusedSGDState", "fused_sgd_hook", "register_fused_optimizer"]
@@ -35,7 +35,10 @@ class FusedSGDState(HookState):
     whose update is applied to each bucket's parameters as soon as that bucket's allreduce
     completes.
 
-    Made by :func:`register_fused_optimizer`; see there for the contract.
+    Made by :func:`register_fused_optimizer`; see there for the contract. A copy of the state
+    (``copy.deepcopy`` or ``torch.save`` of the DDP model) has no optimizer: the optimizer updates
+    the original's parameters, which a copy must never touch. The copy's hook then only averages,
+    as :func:`~fastallreduce.ddp.allreduce_hook` does.
     """
 
     def __init__(self, process_group: Optional[dist.ProcessGroup], optimizer: SGD, **options: Any) -> None:
@@ -49,6 +52,11 @@ class FusedSGDState(HookState):
         self._updated: Set[int] = set()  # ids of parameters updated by the hook since the last step()
         self._probes: list = []  # (param, first gradient elements used) to detect later edits
         optimizer._fused_state = weakref.ref(self)  # weak: the optimizer must not keep the DDP state alive
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__()
+        state.update(optimizer=None, _updated=set(), _probes=[])  # see the class docstring
+        return state
 
     def _group_index(self, p: torch.Tensor) -> int:
         assert self.optimizer is not None
@@ -99,7 +107,8 @@ def fused_sgd_hook(state: FusedSGDState, bucket: dist.GradBucket) -> torch.futur
     bucket's parameters with ``state.optimizer`` on the communicator's thread, so one bucket's
     update overlaps the next bucket's communication. The Future holds the averaged gradients.
 
-    On a rank that has joined (Join's shadow passes, outside any backward) it only communicates.
+    On a rank that has joined (Join's shadow passes, outside any backward), or with no optimizer
+    (a copy of the state), it only communicates.
     """
     in_backward = torch._C._current_graph_task_id() != -1
     fut = allreduce_hook(state, bucket)
@@ -131,13 +140,14 @@ def register_fused_optimizer(ddp_model: torch.nn.parallel.DistributedDataParalle
       * a rank that has joined (Join) does not update;
       * GradScaler, gradient clipping and sparse gradients need all gradients before any update
         and raise a RuntimeError;
-      * one optimizer is fused into one DDP model (a second registration raises ValueError).
+      * one optimizer is fused into one DDP model (a second registration raises ValueError);
+      * a copy of ``ddp_model`` (deepcopy, torch.save) keeps the hook but not the optimizer: it
+        averages only, so train it with an optimizer of its own, or fuse one with
+        ``register_fused_optimizer(copy, its_optimizer)`` before the copy's first forward.
 
     ``optimizer`` must be a :class:`fastallreduce.optim.SGD`; ``buffers`` and ``options`` as in
     :func:`fastallreduce.ddp.register`. Collective: call it on every rank.
     """
     state = FusedSGDState(ddp_model.process_group, optimizer, **options)
-    ddp_model.register_comm_hook(state, fused_sgd_hook)
-    if buffers:
-        _route_buffers(ddp_model, state)
+    _install(ddp_model, state, fused_sgd_hook, buffers)
     return state

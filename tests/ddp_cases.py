@@ -186,3 +186,64 @@ def train_scheduled(fused: bool, steps: int = 8, schedulers: bool = True):
             h.remove()
     return [p.detach().clone() for p in model.parameters()], calls, lrs
 
+
+
+def train_copy(hook, how: str, steps: int = 4, fuse_copy: bool = False):
+    """A DDP model trains, is copied (``how``: "deepcopy", or "save": torch.save / torch.load
+    through memory), the copy trains with an optimizer of its own, then the original trains on.
+
+    ``hook``: None (DDP's default allreduce: the reference), "register" or "fused".
+    ``fuse_copy``: the copy's own far.optim.SGD is fused into it by register_fused_optimizer
+    (which replaces the copied hook); otherwise a torch.optim.SGD steps after backward. Returns
+    the parameters and buffers of the original and of the copy, whether the copy's training left
+    the original alone, and what the copy's hook state did."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = Net(bn=True)
+    ddp = DDP(model, bucket_cap_mb=0.002)
+    kw = dict(lr=0.05, momentum=0.9)
+    if hook == "fused":
+        opt = far.optim.SGD(ddp.parameters(), **kw)
+        state = far.ddp.register_fused_optimizer(ddp, opt)
+    else:
+        opt = torch.optim.SGD(ddp.parameters(), foreach=False, **kw)
+        state = far.ddp.register(ddp) if hook else None
+    gen = torch.Generator().manual_seed(100 + dist.get_rank())
+    _steps(ddp, opt, gen, steps)
+    if how == "deepcopy":
+        twin = copy.deepcopy(ddp)
+    else:
+        f = io.BytesIO()
+        torch.save(ddp, f)
+        f.seek(0)
+        twin = torch.load(f, weights_only=False)
+    info = {}
+    if hook:  # no Communicator made while copying: that is a collective, made at first use
+        info["lazy"] = twin._comm_hooks[-1][1]._comm is None
+    if hook == "fused":
+        try:  # the original's optimizer stays with the original
+            far.ddp.register_fused_optimizer(twin, opt)
+        except ValueError as e:
+            info["second_fusion"] = str(e)
+    before = [t.detach().clone() for t in model.state_dict().values()]
+    if fuse_copy:
+        twin_opt = far.optim.SGD(twin.parameters(), **kw)
+        far.ddp.register_fused_optimizer(twin, twin_opt)
+    else:
+        twin_opt = torch.optim.SGD(twin.parameters(), foreach=False, **kw)
+    _steps(twin, twin_opt, gen, steps)
+    untouched = all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
+    _steps(ddp, opt, gen, 2)
+    if hook:
+        twin_state = twin._comm_hooks[-1][1]
+        twin_fused = getattr(twin_state, "optimizer", None)
+        info.update(own_state=twin_state is not state, own_comm=twin_state.comm is not state.comm,
+                    comm_hook=twin._get_ddp_logging_data().get("comm_hook"), buckets=twin_state.stats()["buckets"],
+                    optimizer="none" if twin_fused is None else "own" if twin_fused is twin_opt else "other",
+                    hooks=(len(twin._comm_hooks), len(twin._forward_pre_hooks)))
+        twin_state.comm.close()
+    dump = lambda m: [t.detach().clone() for t in m.state_dict().values()]  # noqa: E731
+    return dump(model), dump(twin.module), untouched, info
+

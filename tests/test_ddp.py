@@ -103,3 +103,27 @@ def test_fused_update_keeps_step_hooks_and_schedulers(pool, schedulers):
         for a, b in zip(ref[r][0], got[r][0]):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("hook,how,fuse_copy", [("register", "deepcopy", False), ("register", "save", False),
+                                                ("fused", "deepcopy", False), ("fused", "save", False),
+                                                ("fused", "save", True)])
+def test_copy_of_hooked_model_trains(pool, hook, how, fuse_copy):
+    # The copy gets its own hook state and, at its first use, its own Communicator (a collective
+    # on every rank); training it leaves the original alone, and both train on correctly. A
+    # fused copy has no optimizer (it only averages) unless one of its own is fused into it.
+    p = pool(2)
+    ref = p.run(dc.train_copy, None, how, timeout=TIMEOUT)
+    got = p.run(dc.train_copy, hook, how, fuse_copy=fuse_copy, timeout=TIMEOUT)
+    name = "fused_sgd_hook" if hook == "fused" else "allreduce_hook"
+    for r in range(2):
+        orig, twin, untouched, info = got[r]
+        assert untouched
+        assert info["lazy"] and info["own_state"] and info["own_comm"] and info["buckets"] > 0, info
+        assert name in info["comm_hook"] and info["hooks"] == (1, 1), info
+        assert info["optimizer"] == ("own" if fuse_copy else "none"), info
+        if hook == "fused":
+            assert "already fused" in info["second_fusion"]
+        for a, b in zip(ref[r][0] + ref[r][1], orig + twin):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
