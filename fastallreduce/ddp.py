@@ -37,7 +37,7 @@ log = logging.getLogger("fastallreduce")
 
 _COMPRESSION = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Left out when a state is pickled: they belong to this process (see HookState.__getstate__).
-_PROCESS_LOCAL = ("_comm", "process_group", "_lock", "_comm_lock")
+_PROCESS_LOCAL = ("_comm", "process_group", "_lock", "_comm_lock", "_wire")
 
 
 class HookState:
@@ -73,6 +73,7 @@ class HookState:
                                               else Communicator(process_group, algorithm))
         self._comm_lock = threading.Lock()
         self._lock = threading.Lock()
+        self._wire: Dict[int, torch.Tensor] = {}  # bucket index -> idle 16-bit wire copy (compression)
         self._reset_step()
         self._last: Dict[str, float] = {"bytes": 0, "buckets": 0, "comm_time_s": 0.0, "exposed_s": 0.0}
         self.steps = 0
@@ -140,6 +141,7 @@ class HookState:
         self._comm = None  # never made here: construction is a collective
         self._comm_lock = threading.Lock()
         self._lock = threading.Lock()
+        self._wire = {}
         self._reset_step()
         if not default_group:
             log.warning("fastallreduce: a copied HookState uses the default process group; set its "
@@ -150,8 +152,9 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     """Averages the bucket over ``state``'s group with fastallreduce, asynchronously.
 
     The returned Future holds the averaged gradients (sum / group size), same shape and dtype as
-    ``bucket.buffer()``; with compression the buffer is cast for the wire and the result cast
-    back into it.
+    ``bucket.buffer()``. With compression, each rank's share (the buffer divided by the group
+    size, as torch's fp16_compress_hook does) is cast for the wire and summed, then cast back into
+    the buffer: the sum cannot overflow where the average fits.
     """
     buf = bucket.buffer()
     if buf.is_sparse:
@@ -159,12 +162,19 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     comm = state.comm
     t0 = state._started(buf.numel() * buf.element_size(), bucket.is_last())
     if state.compression is not None and buf.dtype != state.compression:
-        wire = buf.to(state.compression)
-        fut = comm.allreduce(wire, op="avg", async_op=True)
+        # The wire copy is reused across steps; it is taken out while in flight, so a call that
+        # finds none (first step, or the same bucket index twice at once) makes a new one.
+        index = bucket.index()
+        wire = state._wire.pop(index, None)
+        if wire is None or wire.shape != buf.shape or wire.device != buf.device:
+            wire = torch.empty(buf.shape, dtype=state.compression, device=buf.device)
+        torch.div(buf, comm.size, out=wire)  # divided in the buffer's precision, rounded once
+        fut = comm.allreduce(wire, op="sum", async_op=True)
 
         def decompress(f: torch.futures.Future) -> torch.Tensor:
             try:
                 buf.copy_(f.value())
+                state._wire[index] = wire
                 return buf
             finally:
                 state._finished(t0)

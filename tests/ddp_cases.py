@@ -187,7 +187,6 @@ def train_scheduled(fused: bool, steps: int = 8, schedulers: bool = True):
     return [p.detach().clone() for p in model.parameters()], calls, lrs
 
 
-
 def train_copy(hook, how: str, steps: int = 4, fuse_copy: bool = False):
     """A DDP model trains, is copied (``how``: "deepcopy", or "save": torch.save / torch.load
     through memory), the copy trains with an optimizer of its own, then the original trains on.
@@ -247,3 +246,31 @@ def train_copy(hook, how: str, steps: int = 4, fuse_copy: bool = False):
     dump = lambda m: [t.detach().clone() for t in m.state_dict().values()]  # noqa: E731
     return dump(model), dump(twin.module), untouched, info
 
+
+class _Bucket:
+    """What allreduce_hook reads of a dist.GradBucket."""
+
+    def __init__(self, buf: torch.Tensor) -> None:
+        self._buf = buf
+
+    def buffer(self) -> torch.Tensor:
+        return self._buf
+
+    def is_last(self) -> bool:
+        return True
+
+    def index(self) -> int:
+        return 0
+
+
+def compressed_average(compression: str, algorithm: str, n: int = 4096):
+    """allreduce_hook with 16-bit wire compression on gradients whose sum overflows float16 but
+    whose average fits (40000 + 10000 * rank + up to 9000). Returns (result, exact average)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    state = far.ddp.HookState(compression=compression, algorithm=algorithm)
+    pattern = 1000.0 * (torch.arange(n) % 10)
+    buf = 40000.0 + 10000.0 * rank + pattern
+    out = far.ddp.allreduce_hook(state, _Bucket(buf)).wait()
+    expected = 40000.0 + 10000.0 * (world - 1) / 2 + pattern
+    state.comm.close()
+    return out.clone(), expected

@@ -104,7 +104,6 @@ def test_fused_update_keeps_step_hooks_and_schedulers(pool, schedulers):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("hook,how,fuse_copy", [("register", "deepcopy", False), ("register", "save", False),
                                                 ("fused", "deepcopy", False), ("fused", "save", False),
                                                 ("fused", "save", True)])
@@ -127,3 +126,11 @@ def test_copy_of_hooked_model_trains(pool, hook, how, fuse_copy):
         for a, b in zip(ref[r][0] + ref[r][1], orig + twin):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
+
+@pytest.mark.parametrize("algorithm", ["ring", "halving_doubling", "auto"])
+@pytest.mark.parametrize("compression", ["fp16", "bf16"])
+def test_compression_does_not_overflow(pool, compression, algorithm):
+    # The sum of the ranks' gradients overflows float16, their average does not.
+    for out, expected in pool(2).run(dc.compressed_average, compression, algorithm, timeout=TIMEOUT):
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        torch.testing.assert_close(out, expected, rtol=1e-2 if compression == "bf16" else 1e-3, atol=0)
