@@ -5,15 +5,37 @@
     comm.allreduce(tensor, op="sum")                  # in place; returns tensor
     comm.allreduce(tensor, op="sum", out=result)      # out of place
     fut = comm.allreduce(tensor, op="avg", async_op=True)
+
+Subpackages are reachable as attributes, as ``torch.optim`` is from ``torch``: ``far.ddp`` (DDP
+hooks), ``far.fused`` (the update fused into the hook), ``far.optim`` (SGD and the
+large-minibatch recipe), ``far.backend``, and, imported at first use, ``far.bench`` and
+``far.launch``.
 """
+import importlib
+from typing import Any, List
+
 import torch  # noqa: F401  (loads libc10 and libtorch before the extension)
 
 from ._C import ClosedError, CommError, CommTimeoutError, MismatchError  # noqa: F401
 from .communicator import ALGORITHMS, OPS, Communicator  # noqa: F401
-from . import ddp  # noqa: F401,E402
+from . import optim  # noqa: F401,E402
+from . import ddp, fused  # noqa: F401,E402
 from . import backend  # noqa: F401,E402  (registers the "fastallreduce" torch.distributed backend)
 
 __version__ = "0.1.0"
 __all__ = [
     "Communicator", "CommError", "MismatchError", "CommTimeoutError", "ClosedError", "ALGORITHMS", "OPS",
 ]
+
+# Imported on first access: the benchmarks and the rank launcher are not needed to train.
+_LAZY = ("bench", "launch")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -10,19 +10,34 @@ completes with the bucket's gradients AVERAGED over the group (the sum divided b
 size, as DDP's default hook does), with the buffer's shape and dtype. The reduction runs on the
 communicator's worker thread while backprop continues.
 
+The update fused into the hook (:func:`register_fused_optimizer`, :class:`FusedSGDState`,
+:func:`fused_sgd_hook`) lives in :mod:`fastallreduce.fused` and is re-exported here.
+
+Copies: ``copy.deepcopy(ddp_model)`` and ``torch.save(ddp_model)`` / ``torch.load`` work. As with
+torch's PowerSGDState, the state is saved without its process-local parts (Communicator, process
+group, lock); the copy's state makes its own Communicator at its first use (a collective: every
+rank uses its copy at the same point, as it does with DDP). DDP rebuilds its reducer without the
+comm hook when it is unpickled; :func:`register` puts the hook back on a copy before the copy's
+first forward.
+
 This module deliberately does not use ``from __future__ import annotations``: DDP compares the
 hook's return annotation with ``torch.futures.Future[torch.Tensor]`` by identity.
 """
+import logging
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 
 from .communicator import Communicator
 
+log = logging.getLogger("fastallreduce")
+
 _COMPRESSION = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Left out when a state is pickled: they belong to this process (see HookState.__getstate__).
+_PROCESS_LOCAL = ("_comm", "process_group", "_lock", "_comm_lock", "_wire")
 
 
 class HookState:
@@ -34,6 +49,12 @@ class HookState:
         algorithm: the Communicator algorithm ("auto" picks per bucket size and topology).
         compression: None, "bf16" or "fp16": cast gradients for the wire and back afterwards.
         communicator: reuse an existing Communicator over the same ranks instead of making one.
+
+    A copy of the state (``copy.deepcopy``, pickling, ``torch.save`` of the DDP model) keeps the
+    options and statistics, uses the default process group (as DDP's own copies do; a warning
+    says so when the original used another group) and makes its own Communicator with the same
+    algorithm at its first use. That construction is a collective, so every rank must use its
+    copy; it never happens while unpickling.
 
     ``stats()`` reports, for the last completed step: bytes reduced, time spent in
     communication (sum over buckets, from hook call to completion), and exposed communication:
@@ -47,8 +68,12 @@ class HookState:
             raise ValueError(f"fastallreduce: compression must be one of None, 'bf16', 'fp16'; got {compression!r}")
         self.process_group = process_group
         self.compression = _COMPRESSION[compression]
-        self.comm = communicator if communicator is not None else Communicator(process_group, algorithm)
+        self.algorithm = getattr(communicator, "algorithm", algorithm) if communicator is not None else algorithm
+        self._comm: Optional[Communicator] = (communicator if communicator is not None
+                                              else Communicator(process_group, algorithm))
+        self._comm_lock = threading.Lock()
         self._lock = threading.Lock()
+        self._wire: Dict[int, torch.Tensor] = {}  # bucket index -> idle 16-bit wire copy (compression)
         self._reset_step()
         self._last: Dict[str, float] = {"bytes": 0, "buckets": 0, "comm_time_s": 0.0, "exposed_s": 0.0}
         self.steps = 0
@@ -91,35 +116,71 @@ class HookState:
         with self._lock:
             return dict(self._last)
 
-    # DDP pickles the hook state when it saves/loads; the communicator is process-local.
-    def __getstate__(self):
-        raise RuntimeError("fastallreduce.ddp.HookState holds a live Communicator and cannot be pickled")
+    @property
+    def comm(self) -> Communicator:
+        """The state's Communicator. A copy makes its own at the first use (a collective)."""
+        comm = self._comm
+        if comm is None:
+            with self._comm_lock:
+                if self._comm is None:
+                    self._comm = Communicator(self.process_group, self.algorithm)
+                comm = self._comm
+        return comm
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # The Communicator, group and locks belong to this process (torch's PowerSGDState leaves
+        # its group out the same way); the copy makes its own Communicator when first used.
+        state = {k: v for k, v in self.__dict__.items() if k not in _PROCESS_LOCAL}
+        state["_default_group"] = self.process_group in (None, dist.GroupMember.WORLD)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        default_group = state.pop("_default_group", True)
+        self.__dict__.update(state)
+        self.process_group = None
+        self._comm = None  # never made here: construction is a collective
+        self._comm_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._wire = {}
+        self._reset_step()
+        if not default_group:
+            log.warning("fastallreduce: a copied HookState uses the default process group; set its "
+                        "process_group before its first use to keep another group")
 
 
 def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Averages the bucket over ``state``'s group with fastallreduce, asynchronously.
 
     The returned Future holds the averaged gradients (sum / group size), same shape and dtype as
-    ``bucket.buffer()``; with compression the buffer is cast for the wire and the result cast
-    back into it.
+    ``bucket.buffer()``. With compression, each rank's share (the buffer divided by the group
+    size, as torch's fp16_compress_hook does) is cast for the wire and summed, then cast back into
+    the buffer: the sum cannot overflow where the average fits.
     """
     buf = bucket.buffer()
     if buf.is_sparse:
         raise RuntimeError("fastallreduce.ddp.allreduce_hook does not support sparse gradients")
+    comm = state.comm
     t0 = state._started(buf.numel() * buf.element_size(), bucket.is_last())
     if state.compression is not None and buf.dtype != state.compression:
-        wire = buf.to(state.compression)
-        fut = state.comm.allreduce(wire, op="avg", async_op=True)
+        # The wire copy is reused across steps; it is taken out while in flight, so a call that
+        # finds none (first step, or the same bucket index twice at once) makes a new one.
+        index = bucket.index()
+        wire = state._wire.pop(index, None)
+        if wire is None or wire.shape != buf.shape or wire.device != buf.device:
+            wire = torch.empty(buf.shape, dtype=state.compression, device=buf.device)
+        torch.div(buf, comm.size, out=wire)  # divided in the buffer's precision, rounded once
+        fut = comm.allreduce(wire, op="sum", async_op=True)
 
         def decompress(f: torch.futures.Future) -> torch.Tensor:
             try:
                 buf.copy_(f.value())
+                state._wire[index] = wire
                 return buf
             finally:
                 state._finished(t0)
 
         return fut.then(decompress)
-    fut = state.comm.allreduce(buf, op="avg", async_op=True)
+    fut = comm.allreduce(buf, op="avg", async_op=True)
 
     def done(f: torch.futures.Future) -> torch.Tensor:
         try:
@@ -159,6 +220,9 @@ class _BufferBroadcast:
                 offset += v.numel()
         self.state.buffer_syncs += 1
 
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"state": self.state, "ddp_broadcast": self.ddp_broadcast, "flat": None}
+
 
 def _route_buffers(ddp_model: torch.nn.parallel.DistributedDataParallel, state: HookState) -> None:
     # DDP broadcasts its buffers through this one method (only buffers: parameters are synced
@@ -169,138 +233,74 @@ def _route_buffers(ddp_model: torch.nn.parallel.DistributedDataParallel, state: 
         ddp_model._distributed_broadcast_coalesced = _BufferBroadcast(state, ddp_broadcast)
 
 
+class _Reattach:
+    """Forward pre-hook that puts the comm hook back on a copy of the DDP model.
+
+    DDP rebuilds its reducer without any comm hook when it is unpickled (deepcopy, torch.load);
+    this registers the copied state and hook on the copy's reducer before its first forward, so
+    before any of its backward passes. On the original it does nothing.
+    """
+
+    def __init__(self, state: HookState, hook: Callable) -> None:
+        self.state = state
+        self.hook = hook
+        self.registered = True  # on the reducer of the model it belongs to
+        self.handle: Any = None
+
+    def __call__(self, ddp_model: torch.nn.parallel.DistributedDataParallel, args: Any) -> None:
+        if not self.registered:
+            self.registered = True
+            _forget_hook(ddp_model, self.state)
+            ddp_model.register_comm_hook(self.state, self.hook)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return dict(self.__dict__, registered=False)
+
+
+def _forget_hook(ddp_model: torch.nn.parallel.DistributedDataParallel, state: HookState) -> None:
+    # DDP's list of (hook, state) pairs, copied with the model, would otherwise hold the pair twice.
+    hooks = getattr(ddp_model, "_comm_hooks", None)
+    if hooks is not None:
+        hooks[:] = [(h, s) for h, s in hooks if s is not state]
+
+
+def _install(ddp_model: torch.nn.parallel.DistributedDataParallel, state: HookState, hook: Callable,
+             buffers: bool) -> None:
+    """Registers ``hook`` with ``state`` on ``ddp_model`` (and on its later copies)."""
+    stale = getattr(ddp_model, "_fastallreduce_hook", None)
+    if stale is not None and not stale.registered:
+        # A copy whose copied hook is not on its reducer yet: this registration replaces it.
+        stale.handle.remove()
+        _forget_hook(ddp_model, stale.state)
+        if isinstance(ddp_model.__dict__.get("_distributed_broadcast_coalesced"), _BufferBroadcast):
+            del ddp_model._distributed_broadcast_coalesced
+    ddp_model.register_comm_hook(state, hook)
+    if buffers:
+        _route_buffers(ddp_model, state)
+    reattach = _Reattach(state, hook)
+    reattach.handle = ddp_model.register_forward_pre_hook(reattach)
+    ddp_model._fastallreduce_hook = reattach
+
+
 def register(ddp_model: torch.nn.parallel.DistributedDataParallel, *, buffers: bool = True,
-             **options) -> HookState:
+             **options: Any) -> HookState:
     """Registers :func:`allreduce_hook` on ``ddp_model`` over the group DDP itself uses.
 
     ``options`` are :class:`HookState`'s keyword arguments. With ``buffers`` (the default), the
     module buffers (BatchNorm running statistics) that DDP broadcasts before every forward also
     go through the hook's Communicator (same source rank as DDP's, Join included) instead of
     DDP's group. Returns the state (for ``stats()``). Collective: call it on every rank.
+
+    A copy of ``ddp_model`` (``copy.deepcopy``, ``torch.save`` / ``torch.load``) keeps the hook,
+    with a copy of the state (see :class:`HookState`); registering again on a copy before its
+    first forward replaces the copied hook.
     """
     state = HookState(ddp_model.process_group, **options)
-    ddp_model.register_comm_hook(state, allreduce_hook)
-    if buffers:
-        _route_buffers(ddp_model, state)
+    _install(ddp_model, state, allreduce_hook, buffers)
     return state
 
 
-class FusedSGDState(HookState):
-    """State of :func:`fused_sgd_hook`: a :class:`HookState` plus the optimizer whose update is
-    applied to each bucket's parameters as soon as that bucket's allreduce completes.
-
-    Made by :func:`register_fused_optimizer`; see there for the contract.
-    """
-
-    def __init__(self, process_group: Optional[dist.ProcessGroup], optimizer, **options) -> None:
-        from .optim import SGD
-
-        if not isinstance(optimizer, SGD):
-            raise TypeError("fastallreduce: the fused update needs a fastallreduce.optim.SGD optimizer "
-                            f"(got {type(optimizer).__name__}); it is a drop-in for torch.optim.SGD")
-        super().__init__(process_group, **options)
-        self.optimizer = optimizer
-        self._updated: set = set()  # ids of parameters updated by the hook since the last step()
-        self._probes: list = []  # (param, first gradient elements used) to detect later edits
-        self._plain_step = optimizer.step
-        optimizer.step = self._step  # type: ignore[method-assign]
-
-    def _group_index(self, p: torch.Tensor) -> int:
-        for i, g in enumerate(self.optimizer.param_groups):
-            if any(p is q for q in g["params"]):
-                return i
-        raise RuntimeError("fastallreduce: a DDP parameter is not in the fused optimizer's param_groups")
-
-    def _update_bucket(self, params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
-        groups: Dict[int, tuple] = {}
-        for p, g in zip(params, grads):
-            if g is None:
-                continue
-            if g.is_sparse:
-                raise RuntimeError("fastallreduce: sparse gradients cannot use the fused update")
-            ps, gs = groups.setdefault(self._group_index(p), ([], []))
-            ps.append(p)
-            gs.append(g)
-        with torch.no_grad():
-            for gi, (ps, gs) in groups.items():
-                self.optimizer._step_params(self.optimizer.param_groups[gi], ps, gs)
-        with self._lock:
-            self._updated.update(id(p) for ps, _ in groups.values() for p in ps)
-            for ps, gs in groups.values():
-                if gs[0].numel():  # a few elements to tell, at step(), whether p.grad was edited
-                    self._probes.append((ps[0], gs[0].reshape(-1)[:8].clone()))
-
-    def _step(self, closure=None, grad_scaler=None):
-        """optimizer.step() once the hook is registered: parameters the hook already updated since
-        the last call are left alone (no double update); any others with a gradient are updated
-        now. Refuses GradScaler and gradients changed after the fused update (clipping)."""
-        if grad_scaler is not None or getattr(self.optimizer, "found_inf", None) is not None:
-            raise RuntimeError("fastallreduce: GradScaler cannot be combined with the update fused into the DDP hook: "
-                               "it must see every gradient before any parameter is updated")
-        with self._lock:
-            probes, self._probes = self._probes, []
-            done, self._updated = self._updated, set()
-        for p, before in probes:
-            if p.grad is not None and not torch.equal(p.grad.reshape(-1)[: before.numel()], before):
-                raise RuntimeError("fastallreduce: gradients changed after the fused update had used them "
-                                   "(gradient clipping?); clipping needs every gradient before any update, so it "
-                                   "cannot be combined with register_fused_optimizer")
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        with torch.no_grad():
-            for group in self.optimizer.param_groups:
-                ps = [p for p in group["params"] if p.grad is not None and id(p) not in done]
-                if ps:
-                    self.optimizer._step_params(group, ps, [p.grad for p in ps])
-        return loss
-
-
-def fused_sgd_hook(state: FusedSGDState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """Averages the bucket like :func:`allreduce_hook`, then updates the bucket's parameters with
-    ``state.optimizer`` on the communicator's thread, so one bucket's update overlaps the next
-    bucket's communication. The Future holds the averaged gradients.
-
-    On a rank that has joined (Join's shadow passes, outside any backward) it only communicates.
-    """
-    in_backward = torch._C._current_graph_task_id() != -1
-    fut = allreduce_hook(state, bucket)
-    if not in_backward:
-        return fut
-    params = bucket.parameters()
-
-    def update(f: torch.futures.Future) -> torch.Tensor:
-        buf = f.value()
-        state._update_bucket(params, bucket.gradients())
-        return buf
-
-    return fut.then(update)
-
-
-def register_fused_optimizer(ddp_model: torch.nn.parallel.DistributedDataParallel, optimizer, *,
-                             buffers: bool = True, **options) -> FusedSGDState:
-    """Fuses ``optimizer``'s update into the DDP communication hook.
-
-    Each bucket's parameters are updated (reading the lr from ``optimizer.param_groups`` every
-    time, so LR schedules apply) as soon as the bucket's averaged gradients arrive.
-
-    Contract:
-      * keep calling ``optimizer.step()`` after ``backward()``: it does not update again what the
-        hook updated, it updates any parameter the hook did not see, and LR schedulers stay happy;
-      * ``no_sync()`` accumulation steps do not update (DDP runs no hook then);
-      * a rank that has joined (Join) does not update;
-      * GradScaler, gradient clipping and sparse gradients need all gradients before any update
-        and raise a RuntimeError.
-
-    ``optimizer`` must be a :class:`fastallreduce.optim.SGD`; ``buffers`` and ``options`` as in
-    :func:`register`. Collective: call it on every rank.
-    """
-    state = FusedSGDState(ddp_model.process_group, optimizer, **options)
-    ddp_model.register_comm_hook(state, fused_sgd_hook)
-    if buffers:
-        _route_buffers(ddp_model, state)
-    return state
-
+# Re-exported: the fused update lives in its own module (which builds on this one).
+from .fused import FusedSGDState, fused_sgd_hook, register_fused_optimizer  # noqa: E402
 
 __all__ = ["HookState", "allreduce_hook", "register", "FusedSGDState", "fused_sgd_hook", "register_fused_optimizer"]

@@ -128,3 +128,149 @@ def train_fused(fused: bool, steps: int = 12, accumulate: int = 1, gradient_as_b
             break
         sched.step()
     return [p.detach().clone() for p in model.parameters()], error
+
+
+def _steps(ddp, opt, gen, n, after=()):
+    """``n`` training steps on random batches from ``gen``; ``after``: schedulers stepped each time."""
+    for _ in range(n):
+        opt.zero_grad()
+        (ddp(torch.randn(8, 16, generator=gen)) ** 2).mean().backward()
+        opt.step()
+        for s in after:
+            s.step()
+
+
+def train_scheduled(fused: bool, steps: int = 8, schedulers: bool = True):
+    """LR schedulers made AFTER the update is fused into the hook (``schedulers``), and optimizer
+    step hooks.
+
+    ``fused``: far.optim.SGD fused by register_fused_optimizer; otherwise the reference,
+    torch.optim.SGD on DDP's default allreduce. Returns the parameters, how often each step hook
+    ran, and the lr of every step."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    from fastallreduce.optim import SGD, WarmupSchedule
+
+    torch.manual_seed(0)
+    model = Net()
+    ddp = DDP(model, bucket_cap_mb=0.002)
+    kw = dict(lr=0.4, momentum=0.9, weight_decay=1e-4, nesterov=True)
+    opt = SGD(ddp.parameters(), **kw) if fused else torch.optim.SGD(ddp.parameters(), foreach=False, **kw)
+    calls = {"pre": 0, "post": 0, "global_pre": 0, "global_post": 0}
+
+    def counter(key):
+        def hook(o, args, kwargs):
+            if o is opt:  # global hooks see every optimizer of the process
+                calls[key] += 1
+        return hook
+
+    opt.register_step_pre_hook(counter("pre"))  # before and after the fusion: both must run
+    if fused:
+        far.ddp.register_fused_optimizer(ddp, opt)
+    opt.register_step_post_hook(counter("post"))
+    handles = [register_optimizer_step_pre_hook(counter("global_pre")),
+               register_optimizer_step_post_hook(counter("global_post"))]
+    scheds = []
+    if schedulers:
+        scheds = [WarmupSchedule(opt, iters_per_epoch=2, warmup="gradual", warmup_epochs=2, warmup_start_lr=0.05,
+                                 milestones=(3,), gamma=0.5),
+                  torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.7)]
+    lrs = []
+    gen = torch.Generator().manual_seed(100 + dist.get_rank())
+    try:
+        for _ in range(steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            _steps(ddp, opt, gen, 1, after=scheds)
+    finally:
+        for h in handles:
+            h.remove()
+    return [p.detach().clone() for p in model.parameters()], calls, lrs
+
+
+def train_copy(hook, how: str, steps: int = 4, fuse_copy: bool = False):
+    """A DDP model trains, is copied (``how``: "deepcopy", or "save": torch.save / torch.load
+    through memory), the copy trains with an optimizer of its own, then the original trains on.
+
+    ``hook``: None (DDP's default allreduce: the reference), "register" or "fused".
+    ``fuse_copy``: the copy's own far.optim.SGD is fused into it by register_fused_optimizer
+    (which replaces the copied hook); otherwise a torch.optim.SGD steps after backward. Returns
+    the parameters and buffers of the original and of the copy, whether the copy's training left
+    the original alone, and what the copy's hook state did."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = Net(bn=True)
+    ddp = DDP(model, bucket_cap_mb=0.002)
+    kw = dict(lr=0.05, momentum=0.9)
+    if hook == "fused":
+        opt = far.optim.SGD(ddp.parameters(), **kw)
+        state = far.ddp.register_fused_optimizer(ddp, opt)
+    else:
+        opt = torch.optim.SGD(ddp.parameters(), foreach=False, **kw)
+        state = far.ddp.register(ddp) if hook else None
+    gen = torch.Generator().manual_seed(100 + dist.get_rank())
+    _steps(ddp, opt, gen, steps)
+    if how == "deepcopy":
+        twin = copy.deepcopy(ddp)
+    else:
+        f = io.BytesIO()
+        torch.save(ddp, f)
+        f.seek(0)
+        twin = torch.load(f, weights_only=False)
+    info = {}
+    if hook:  # no Communicator made while copying: that is a collective, made at first use
+        info["lazy"] = twin._comm_hooks[-1][1]._comm is None
+    if hook == "fused":
+        try:  # the original's optimizer stays with the original
+            far.ddp.register_fused_optimizer(twin, opt)
+        except ValueError as e:
+            info["second_fusion"] = str(e)
+    before = [t.detach().clone() for t in model.state_dict().values()]
+    if fuse_copy:
+        twin_opt = far.optim.SGD(twin.parameters(), **kw)
+        far.ddp.register_fused_optimizer(twin, twin_opt)
+    else:
+        twin_opt = torch.optim.SGD(twin.parameters(), foreach=False, **kw)
+    _steps(twin, twin_opt, gen, steps)
+    untouched = all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
+    _steps(ddp, opt, gen, 2)
+    if hook:
+        twin_state = twin._comm_hooks[-1][1]
+        twin_fused = getattr(twin_state, "optimizer", None)
+        info.update(own_state=twin_state is not state, own_comm=twin_state.comm is not state.comm,
+                    comm_hook=twin._get_ddp_logging_data().get("comm_hook"), buckets=twin_state.stats()["buckets"],
+                    optimizer="none" if twin_fused is None else "own" if twin_fused is twin_opt else "other",
+                    hooks=(len(twin._comm_hooks), len(twin._forward_pre_hooks)))
+        twin_state.comm.close()
+    dump = lambda m: [t.detach().clone() for t in m.state_dict().values()]  # noqa: E731
+    return dump(model), dump(twin.module), untouched, info
+
+
+class _Bucket:
+    """What allreduce_hook reads of a dist.GradBucket."""
+
+    def __init__(self, buf: torch.Tensor) -> None:
+        self._buf = buf
+
+    def buffer(self) -> torch.Tensor:
+        return self._buf
+
+    def is_last(self) -> bool:
+        return True
+
+    def index(self) -> int:
+        return 0
+
+
+def compressed_average(compression: str, algorithm: str, n: int = 4096):
+    """allreduce_hook with 16-bit wire compression on gradients whose sum overflows float16 but
+    whose average fits (40000 + 10000 * rank + up to 9000). Returns (result, exact average)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    state = far.ddp.HookState(compression=compression, algorithm=algorithm)
+    pattern = 1000.0 * (torch.arange(n) % 10)
+    buf = 40000.0 + 10000.0 * rank + pattern
+    out = far.ddp.allreduce_hook(state, _Bucket(buf)).wait()
+    expected = 40000.0 + 10000.0 * (world - 1) / 2 + pattern
+    state.comm.close()
+    return out.clone(), expected

@@ -87,3 +87,50 @@ def test_fused_update_refuses_clipping(pool):
     got = pool(2).run(dc.train_fused, True, clip=True, timeout=TIMEOUT)
     for params, error in got:
         assert error is not None and "clipping" in error
+
+
+@pytest.mark.parametrize("schedulers", [False, True])
+def test_fused_update_keeps_step_hooks_and_schedulers(pool, schedulers):
+    # The optimizer's own and the global step hooks run once per step; with `schedulers`, a
+    # WarmupSchedule and a StepLR are made after register_fused_optimizer (each wraps
+    # optimizer.step again).
+    p = pool(2)
+    ref = p.run(dc.train_scheduled, False, schedulers=schedulers, timeout=TIMEOUT)
+    got = p.run(dc.train_scheduled, True, schedulers=schedulers, timeout=TIMEOUT)
+    for r in range(2):
+        assert got[r][2] == ref[r][2]  # the same lr at every step
+        assert got[r][1] == {"pre": 8, "post": 8, "global_pre": 8, "global_post": 8}, got[r][1]
+        for a, b in zip(ref[r][0], got[r][0]):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("hook,how,fuse_copy", [("register", "deepcopy", False), ("register", "save", False),
+                                                ("fused", "deepcopy", False), ("fused", "save", False),
+                                                ("fused", "save", True)])
+def test_copy_of_hooked_model_trains(pool, hook, how, fuse_copy):
+    # The copy gets its own hook state and, at its first use, its own Communicator (a collective
+    # on every rank); training it leaves the original alone, and both train on correctly. A
+    # fused copy has no optimizer (it only averages) unless one of its own is fused into it.
+    p = pool(2)
+    ref = p.run(dc.train_copy, None, how, timeout=TIMEOUT)
+    got = p.run(dc.train_copy, hook, how, fuse_copy=fuse_copy, timeout=TIMEOUT)
+    name = "fused_sgd_hook" if hook == "fused" else "allreduce_hook"
+    for r in range(2):
+        orig, twin, untouched, info = got[r]
+        assert untouched
+        assert info["lazy"] and info["own_state"] and info["own_comm"] and info["buckets"] > 0, info
+        assert name in info["comm_hook"] and info["hooks"] == (1, 1), info
+        assert info["optimizer"] == ("own" if fuse_copy else "none"), info
+        if hook == "fused":
+            assert "already fused" in info["second_fusion"]
+        for a, b in zip(ref[r][0] + ref[r][1], orig + twin):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "halving_doubling", "auto"])
+@pytest.mark.parametrize("compression", ["fp16", "bf16"])
+def test_compression_does_not_overflow(pool, compression, algorithm):
+    # The sum of the ranks' gradients overflows float16, their average does not.
+    for out, expected in pool(2).run(dc.compressed_average, compression, algorithm, timeout=TIMEOUT):
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        torch.testing.assert_close(out, expected, rtol=1e-2 if compression == "bf16" else 1e-3, atol=0)

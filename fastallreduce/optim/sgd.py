@@ -17,7 +17,8 @@ makes it equivalent to torch's form ``v = m * v + g; w = w - lr * v``. Select it
 ``lr_in_momentum=True``.
 """
 
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import torch
@@ -142,6 +143,8 @@ class SGD(Optimizer):
             raise RuntimeError("fastallreduce.optim.SGD does not support `differentiable`; use torch.optim.SGD")
         self.num_threads = num_threads
         self._paper_buffers = False  # some state may hold a buffer in the lr-in-momentum form
+        # Set by fastallreduce.fused while the update is fused into a DDP hook; never saved.
+        self._fused_state: weakref.ref | None = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -157,22 +160,29 @@ class SGD(Optimizer):
             group.setdefault("momentum_correction", self.defaults.get("momentum_correction", True))
         self.__dict__.setdefault("num_threads", None)
         self.__dict__.setdefault("_paper_buffers", True)
+        self.__dict__.setdefault("_fused_state", None)
 
     # ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Performs one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
+        """Performs one optimisation step; ``closure`` re-evaluates the model and returns the loss.
+
+        With the update fused into a DDP hook (:func:`fastallreduce.ddp.register_fused_optimizer`)
+        it skips the parameters the hook already updated since the last step.
+        """
+        fused = self._fused_state() if self._fused_state is not None else None
+        done = fused._begin_step() if fused is not None else ()
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            self._step_group(group)
+            self._step_group(group, done)
         return loss
 
-    def _step_group(self, group: dict[str, Any]) -> None:
+    def _step_group(self, group: dict[str, Any], skip: Collection[int] = ()) -> None:
         # Per parameter only list building stays in Python: eligibility checks run in C++.
-        params = [p for p in group["params"] if p.grad is not None]
+        params = [p for p in group["params"] if p.grad is not None and id(p) not in skip]
         if not params:
             return
         self._step_params(group, params, [p.grad for p in params])
