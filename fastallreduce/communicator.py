@@ -219,6 +219,13 @@ class Communicator:
 
     all_reduce = allreduce  # torch.distributed's spelling
 
+    @overload
+    def broadcast(self, tensor: torch.Tensor, src: int = ..., *, async_op: Literal[False] = ...) -> torch.Tensor: ...
+
+    @overload
+    def broadcast(self, tensor: torch.Tensor, src: int = ..., *,
+                  async_op: Literal[True]) -> "Future[torch.Tensor]": ...
+
     def broadcast(self, tensor: torch.Tensor, src: int = 0, *,
                   async_op: bool = False) -> Union[torch.Tensor, "Future[torch.Tensor]"]:
         """Copies ``tensor`` of group rank ``src`` into ``tensor`` on every rank (in place).
@@ -227,6 +234,14 @@ class Communicator:
         """
         return self._run(_KIND_BROADCAST, tensor, None, "sum", src, self._algo, async_op)
 
+    @overload
+    def all_gather(self, output: torch.Tensor, input: torch.Tensor, *,
+                   async_op: Literal[False] = ...) -> torch.Tensor: ...
+
+    @overload
+    def all_gather(self, output: torch.Tensor, input: torch.Tensor, *,
+                   async_op: Literal[True]) -> "Future[torch.Tensor]": ...
+
     def all_gather(self, output: torch.Tensor, input: torch.Tensor, *,
                    async_op: bool = False) -> Union[torch.Tensor, "Future[torch.Tensor]"]:
         """Concatenates every rank's ``input`` (flattened, in group-rank order) into ``output``,
@@ -234,6 +249,14 @@ class Communicator:
         ``torch.distributed.all_gather_into_tensor``). Returns ``output`` (or a Future of it).
         """
         return self._run(_KIND_ALLGATHER, input, output, "sum", 0, self._algo, async_op)
+
+    @overload
+    def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor, op: Union[str, dist.ReduceOp] = ..., *,
+                       async_op: Literal[False] = ...) -> torch.Tensor: ...
+
+    @overload
+    def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor, op: Union[str, dist.ReduceOp] = ..., *,
+                       async_op: Literal[True]) -> "Future[torch.Tensor]": ...
 
     def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor, op: Union[str, dist.ReduceOp] = "sum", *,
                        async_op: bool = False) -> Union[torch.Tensor, "Future[torch.Tensor]"]:

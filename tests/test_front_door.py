@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -205,3 +206,54 @@ def test_host_identity_sees_pid_namespace():
     assert p.returncode == 0, p.stderr
     other = p.stdout.strip().splitlines()[-1]
     assert other != mine and other.split("/pidns:")[0] == mine.split("/pidns:")[0], (mine, other)
+
+
+_EXIT_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    import torch, torch.distributed as dist
+    import fastallreduce as far
+    from datetime import timedelta
+    rank, port = int(sys.argv[1]), int(sys.argv[2])
+    store = dist.TCPStore("127.0.0.1", port, 2, rank == 0, timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    comm = far.Communicator(timeout=timedelta(seconds=3))
+    comm.allreduce(torch.ones(4))
+    if rank == 1:
+        futs = [comm.allreduce(torch.ones(1000), async_op=True) for _ in range(5)]
+        t0 = time.monotonic()
+        sys.stdout.write("exiting\\n"); sys.stdout.flush()
+        sys.exit(0)  # rank 0 never makes these calls: the atexit drain must not wait 5 x 3 s
+    time.sleep(20)
+    t0 = time.monotonic()
+    try:
+        comm.allreduce(torch.ones(1000))
+        print("no error")
+    except Exception as e:
+        print(type(e).__name__, round(time.monotonic() - t0, 1))
+""")
+
+
+def test_exit_with_queued_work_is_bounded(tmp_path):
+    from fastallreduce.launch import free_port
+
+    script = tmp_path / "exit.py"
+    script.write_text(_EXIT_SCRIPT)
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), port], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for r in range(2)]
+    try:
+        t0 = time.monotonic()
+        out1, err1 = procs[1].communicate(timeout=60)
+        exit_s = time.monotonic() - t0
+        out0, err0 = procs[0].communicate(timeout=90)
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode == 0, err1
+    assert "exiting" in out1
+    assert exit_s < 12, exit_s  # one timeout (3 s) and the report, not one per queued call
+    # rank 0's next call fails at once: rank 1 published the failure before it exited
+    name, seconds = out0.split()[-2:]
+    assert name in ("CommError", "CommTimeoutError", "ClosedError"), out0 + err0
+    assert float(seconds) < 2, out0

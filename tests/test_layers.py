@@ -49,3 +49,10 @@ def test_includes_run_downwards():
 
     for n in list(graph):
         visit(n, [])
+
+
+def test_readme_names_the_layers_in_order():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    line = next(l for l in readme.splitlines() if l.startswith("common -> kernels"))
+    order = [w for w in re.findall(r"[a-z]+", line) if w in LAYERS]
+    assert order == sorted(order, key=LAYERS.get) and set(order) == set(LAYERS), line

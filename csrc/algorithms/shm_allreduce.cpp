@@ -37,6 +37,10 @@ Span aligned_part(size_t n, int parts, int i, size_t esize) {
 
 void check_shm_headers(ShmContext& ctx, int slot) {
   const Header& mine = ctx.header;
+  const int gone = ctx.group.aborted_peer();
+  if (gone >= 0)
+    throw CommError("fastallreduce: rank " + std::to_string(ctx.group.group_rank(gone)) +
+                    " has aborted its communicator; " + mine.describe() + " cannot complete");
   for (int r = 0; r < ctx.group.local_size(); ++r) {
     const Header& h = ctx.group.ctrl(r).header[slot];
     if (!mine.same_call(h)) {

@@ -147,29 +147,23 @@ Algo Communicator::choose_flat(size_t bytes) const {
 
 // ---- the front door -------------------------------------------------------------------------
 
-at::Tensor Communicator::run(const Collective& c) {
+Call Communicator::admit(const Collective& c) {
   check_usable();
-  Call call;
   try {
-    call = prepare(c);
+    return prepare(c);
   } catch (const ArgError& e) {
     reject(e);
   }
+}
+
+at::Tensor Communicator::run(const Collective& c) {
+  Call call = admit(c);
   at::Tensor result = call.copy_back.defined() ? call.copy_back : call.out;
   submit(std::move(call), /*sync=*/true);
   return result;
 }
 
-Communicator::FuturePtr Communicator::run_async(const Collective& c) {
-  check_usable();
-  Call call;
-  try {
-    call = prepare(c);
-  } catch (const ArgError& e) {
-    reject(e);
-  }
-  return submit(std::move(call), /*sync=*/false);
-}
+Communicator::FuturePtr Communicator::run_async(const Collective& c) { return submit(admit(c), /*sync=*/false); }
 
 void Communicator::check_delegated(const Delegated& d) {
   check_usable();

@@ -107,6 +107,8 @@ class Communicator {
 
   // validate.cpp
   Call prepare(const Collective& c) const;
+  // check_usable + prepare; a rejected call is published (reject) and rethrown.
+  Call admit(const Collective& c);
   // communicator.cpp: queueing and threads
   FuturePtr submit(Call call, bool sync);
   bool on_worker() const { return std::this_thread::get_id() == worker_id_; }

@@ -109,6 +109,7 @@ void Communicator::poll() {
       if (reason_.empty()) reason_ = fired_record_.substr(fired_record_.find('|') + 1);
     }
     aborted_ = true;
+    if (shm_) shm_->mark_aborted();
     const std::string report = fired == 2 ? missing_ranks_report() : "";
     throw_kind(fired_record_ + report);
   }
@@ -130,6 +131,7 @@ std::string Communicator::publish_abort(const std::string& record) {
     if (reason_.empty()) reason_ = record.substr(record.find('|') + 1);
   }
   aborted_ = true;
+  if (shm_) shm_->mark_aborted();
   // An abandoned receive may still land in these: keep them alive forever.
   staging_.leak();
   hdr_staging_.leak();

@@ -208,6 +208,12 @@ ShmGroup::~ShmGroup() {
     if (b) munmap(b, seg_bytes_);
 }
 
+int ShmGroup::aborted_peer() const {
+  for (int r = 0; r < local_size(); ++r)
+    if (r != me_ && ctrl(r).aborted.load(std::memory_order_acquire)) return r;
+  return -1;
+}
+
 char* ShmGroup::slot(int r, int s) const { return base_[r] + kCtrlBytes + static_cast<size_t>(s) * slot_bytes_; }
 
 void ShmGroup::publish(ShmCounter ShmControl::*which, uint32_t value) {

@@ -27,6 +27,9 @@ struct alignas(64) ShmCounter {
 struct ShmControl {
   uint64_t magic;
   int32_t pid;
+  // Set once this rank's communicator is aborted: a peer that finds my data for a chunk must not
+  // complete the collective on it as if I had (I have reported a failure for it).
+  std::atomic<uint32_t> aborted;
   ShmCounter filled;   // chunk k copied in
   ShmCounter reduced;  // chunk k: my slice reduced (and allreduced across hosts)
   ShmCounter done;     // chunk k: result copied out; my slot may be reused for chunk k+2
@@ -69,6 +72,9 @@ class ShmGroup {
                 std::chrono::steady_clock::time_point deadline, const std::function<void()>& poll);
 
   uint32_t next_chunk() { return ++chunks_; }
+  // Marks this rank aborted (see ShmControl::aborted); a local rank that is, or -1.
+  void mark_aborted() { ctrl(me_).aborted.store(1, std::memory_order_seq_cst); }
+  int aborted_peer() const;
 
  private:
   void wait_one(int r, ShmCounter ShmControl::*which, uint32_t target, const char* phase, const Header& h,
