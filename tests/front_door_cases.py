@@ -193,3 +193,18 @@ def killed_while_creating_segment():
         os.environ["FASTALLREDUCE_FAILPOINT"] = "shm_created"
     far.Communicator(timeout=timedelta(seconds=5))
     return "survived"
+
+
+def avg16_no_overflow(algorithm, hosts=None):
+    """float16 / bfloat16 avg of 40000 on every rank: 2 x 40000 overflows float16 (max 65504)
+    if summed first, the average itself fits; every path must give the finite average."""
+    r = dist.get_rank()
+    c = far.Communicator(algorithm=algorithm, host_id=hosts[r] if hosts else None, timeout=timedelta(seconds=30))
+    out = []
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.full((1000,), 40000.0, dtype=dtype)
+        c.allreduce(x, op="avg")
+        out.append((str(dtype), bool(torch.isfinite(x).all()), float(x.double().sub(40000.0).abs().max()),
+                    c.last_algorithm))
+    c.close()
+    return out

@@ -257,3 +257,14 @@ def test_exit_with_queued_work_is_bounded(tmp_path):
     name, seconds = out0.split()[-2:]
     assert name in ("CommError", "CommTimeoutError", "ClosedError"), out0 + err0
     assert float(seconds) < 2, out0
+
+
+@pytest.mark.parametrize("world,algorithm,hosts", [(2, "ring", None), (2, "halving_doubling", None),
+                                                   (3, "ring", None), (2, "shm", None),
+                                                   (4, "hierarchical", ["a", "a", "b", "b"])])
+def test_avg16_no_overflow(pool, world, algorithm, hosts):
+    res = pool(world).run(fd.avg16_no_overflow, algorithm, hosts, timeout=TIMEOUT)
+    for rank in res:
+        for dtype, finite, err, used in rank:
+            assert finite and err <= 40000.0 * 2 ** -7, (dtype, err, used)
+            assert used == algorithm, used
