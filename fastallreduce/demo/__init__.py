@@ -3,8 +3,9 @@
     python -m fastallreduce demo                 # defaults: a few minutes on 2 cores
     python -m fastallreduce demo --quick         # CI: 1 epoch, 2 workers, 1 seed
 
-k worker processes (torch.distributed, gloo on loopback) train a small residual CNN on
-scikit-learn's 8x8 handwritten digits (shipped with scikit-learn, no download) with DDP and the
+k worker processes (torch.distributed, gloo on loopback) train a small residual CNN on an IDX data
+set (``--data DIR``; Fashion-MNIST from Debian's ``dataset-fashion-mnist`` by default when it is
+installed) or on scikit-learn's 8x8 handwritten digits (``--data digits``, no download) with DDP and the
 fastallreduce communication hook, following the paper's recipe: per-worker batch n fixed (so
 BatchNorm statistics are per worker over n samples), the linear scaling rule, momentum 0.9,
 weight decay 1e-4 with none on BatchNorm and biases, zero-gamma init of each residual block's

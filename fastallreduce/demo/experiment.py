@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from ..bench.output import save_outputs
+from .data import FASHION_MNIST_DIR, check_data, default_data
 from .report import PAPER, SETTINGS, conclusions, format_table, plot, summarise
 from .worker import _worker_epoch, _worker_finish, _worker_setup, milestones_for
 
@@ -20,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastallreduce demo",
         description="Large-minibatch SGD (Goyal et al. 2017) in miniature: baseline vs linear scaling with no, "
-                    "constant and gradual warmup, on scikit-learn's digits, k workers, DDP + fastallreduce hook.")
+                    "constant and gradual warmup, on an IDX data set (Fashion-MNIST) or scikit-learn's digits, k workers, "
+                    "DDP + fastallreduce hook.")
     p.add_argument("--epochs", type=int, default=18,
                    help="training epochs per run (default 18; warmup and decay epochs keep the paper's "
                         "proportions of its 90)")
@@ -39,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=16, help="channels of the first stage (default 16)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per setting (default 3)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--data", default="digits", choices=("digits", "digits-shift"),
-                   help="digits (1437 train / 360 test) or digits-shift (9x training set by 1-pixel shifts)")
+    p.add_argument("--data", default=default_data(),
+                   help="a directory of IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-..., "
+                        "each plain or .gz: Fashion-MNIST, MNIST, KMNIST), digits (1437 train / 360 test) or "
+                        f"digits-shift (9x training set by 1-pixel shifts); default {FASHION_MNIST_DIR} when it "
+                        "exists (Debian package dataset-fashion-mnist), else digits")
     p.add_argument("--settings", default=",".join(SETTINGS),
                    help="comma-separated subset of: " + ", ".join(SETTINGS))
     p.add_argument("--comm", default="fastallreduce", choices=("fastallreduce", "ddp"),
@@ -72,6 +77,10 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     missing = missing_recipe()
     if missing:  # fail before starting any process, with the reason
         raise SystemExit(f"the demo needs fastallreduce.optim.{{{', '.join(missing)}}}, which this build lacks")
+    try:
+        check_data(args.data)
+    except (ValueError, OSError) as e:  # before starting any process, as above
+        raise SystemExit(f"--data: {e}") from None
 
     if args.quick:
         args.epochs, args.workers, args.seeds = 1, 2, 1

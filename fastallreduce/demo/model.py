@@ -9,7 +9,8 @@ from ..models import BasicBlock
 
 
 class SmallResNet(nn.Module):
-    """A residual CNN for 8x8 images: stem, two blocks at 8x8, two at 4x4, global pool, linear."""
+    """A residual CNN for small one-channel images (8x8 digits, 28x28 IDX sets): stem, two blocks at
+    full resolution, two at half, global average pool, linear."""
 
     def __init__(self, width: int = 16, num_classes: int = 10) -> None:
         super().__init__()

@@ -6,6 +6,8 @@ import math
 import statistics
 from typing import Any, Optional
 
+from .data import data_title
+
 # The paper's Table 1 (ResNet-50 on ImageNet, top-1 validation error %, mean ± std of 5 runs).
 PAPER = {
     "baseline": {"minibatch": 256, "lr": 0.1, "error": (23.60, 0.12)},
@@ -138,7 +140,7 @@ def format_table(doc: dict[str, Any]) -> str:
     """The results table, with the paper's Table 1 beside it."""
     c = doc["config"]
     lines = [
-        f"Large-minibatch SGD on digits ({c['data']}), {c['epochs']} epochs, n = {c['batch_per_worker']} per worker, "
+        f"Large-minibatch SGD on {data_title(c['data'])} ({c['data']}), {c['epochs']} epochs, n = {c['batch_per_worker']} per worker, "
         f"warmup {c['warmup_epochs']} epochs, decay x0.1 at epochs {list(c['milestones'])}, {len(c['seeds'])} seed(s), "
         f"gradients averaged by {'the fastallreduce DDP hook' if c.get('comm') == 'fastallreduce' else 'DDP (gloo)'}",
         "",
@@ -200,7 +202,7 @@ def plot(doc: dict[str, Any], path: str) -> None:
     ax_loss.set_yscale("log")
     ax_err.set_title("test error (thin: each seed; thick: mean)")
     ax_loss.set_title("training loss")
-    fig.suptitle(f"Large-minibatch SGD in miniature: digits, {c['workers']} workers, n={c['batch_per_worker']}, "
+    fig.suptitle(f"Large-minibatch SGD in miniature: {data_title(c['data'])}, {c['workers']} workers, n={c['batch_per_worker']}, "
                  f"{c['epochs']} epochs, warmup {c['warmup_epochs']} epochs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -39,7 +39,7 @@ def _worker_setup(cfg: dict[str, Any]) -> dict[str, Any]:
     if "comm" not in _w and cfg["comm"] == "fastallreduce":  # one communicator per worker, shared by all runs (creating one is a collective)
         _w["comm"] = far.Communicator()
     torch.manual_seed(cfg["seed"])  # same initial weights everywhere (DDP also broadcasts rank 0's)
-    model = SmallResNet(cfg["width"])
+    model = SmallResNet(cfg["width"], num_classes=_w["data"]["num_classes"])
     far_optim.zero_init_last_bn(model)
     # broadcast_buffers=False: BatchNorm statistics stay per worker, as in the paper.
     with warnings.catch_warnings():
