@@ -22,6 +22,16 @@ from . import optim  # noqa: F401,E402
 from . import ddp, fused  # noqa: F401,E402
 from . import backend  # noqa: F401,E402  (registers the "fastallreduce" torch.distributed backend)
 
+# The extension defines these exceptions without docstrings; the API page is made from docstrings.
+CommError.__doc__ = ("A collective failed on some rank: a peer died or the transport failed. The message names "
+                     "the ranks that did not arrive; the communicator is aborted. Base of the others.")
+MismatchError.__doc__ = ("The ranks disagree on a call (kind, size, dtype, op, root or path), or a peer rejected "
+                         "the call this rank made; raised on every rank that made it.")
+CommTimeoutError.__doc__ = ("A peer did not arrive within the communicator's timeout; the message names the ranks "
+                            "that did not.")
+ClosedError.__doc__ = ("The communicator was closed or aborted (by a fault here or on a peer), or it is used in a "
+                       "forked child.")
+
 __version__ = "0.1.0"
 __all__ = [
     "Communicator", "CommError", "MismatchError", "CommTimeoutError", "ClosedError", "ALGORITHMS", "OPS",

@@ -187,10 +187,9 @@ def _allreduce_summary_md(doc: dict[str, Any]) -> str:
 
 
 def _size(n: int) -> str:
-    for unit, m in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= m and n % m == 0:
-            return f"{n // m} {unit}"
-    return f"{n} B"
+    from .bench.allreduce_report import human_size
+
+    return human_size(n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,16 +197,16 @@ def _size(n: int) -> str:
 # ---------------------------------------------------------------------------------------------
 def _probe_algorithms(world: int, timeout: float) -> dict[str, Any]:
     """Starts ``world`` local ranks and tries each algorithm once (what this build can really run)."""
-    from .bench import allreduce_bw
+    from .bench import allreduce_harness
     from .launch import RankPool
 
     import fastallreduce as far
 
     algos = [a for a in far.ALGORITHMS]
     with RankPool(world, threads=1) as pool:
-        status = pool.run(allreduce_bw._rank_setup, algos, "float32", "sum", timeout=timeout)
+        status = pool.run(allreduce_harness._rank_setup, algos, "float32", "sum", timeout=timeout)
         topo = pool.run(_rank_topology, timeout=timeout)
-        pool.run(allreduce_bw._rank_teardown, timeout=60)
+        pool.run(allreduce_harness._rank_teardown, timeout=60)
     out: dict[str, Any] = {"world": world, "algorithms": {}, "topology": topo[0]}
     for a in algos:
         reasons = {s[a] for s in status}
@@ -217,9 +216,9 @@ def _probe_algorithms(world: int, timeout: float) -> dict[str, Any]:
 
 def _rank_topology() -> dict[str, Any]:
     """What a Communicator learned about the ranks' hosts, and what ``auto`` picks per size."""
-    from .bench import allreduce_bw
+    from .bench import allreduce_harness
 
-    c = allreduce_bw._state["comms"].get("auto")
+    c = allreduce_harness._state["comms"].get("auto")
     if c is None:
         return {}
     sizes = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20]

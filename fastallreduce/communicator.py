@@ -214,6 +214,9 @@ class Communicator:
         dtypes raises TypeError. max/min propagate NaN like torch.maximum/minimum. float16 and
         bfloat16 are computed in float32 on shared memory; the point-to-point algorithms round at
         each hop, and divide before summing for avg (no overflow where the average fits).
+
+        algorithm: one of :data:`ALGORITHMS` for this call instead of the communicator's own; every
+        rank must pass the same (a difference is a :class:`MismatchError`).
         """
         return self._run(_KIND_ALLREDUCE, tensor, out, op, 0, self._algo if algorithm is None else algorithm, async_op)
 
