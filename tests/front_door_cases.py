@@ -142,7 +142,6 @@ def destroyed_with_pending_work():
     r = dist.get_rank()
     if r == 1:
         futs = [c.allreduce(torch.ones(1 << 16), async_op=True) for _ in range(50)]
-        c._c.close  # keep the binding alive only through `c`
         del futs
         del c
         gc.collect()

@@ -40,6 +40,8 @@ struct Call {
   at::Tensor in, out;
   at::Tensor copy_back;     // staged output: copied into this after the op (undefined: none)
   Header header;            // without seq and rank
+  // What the caller gets back: its own tensor when the output was staged.
+  const at::Tensor& result() const { return copy_back.defined() ? copy_back : out; }
 };
 
 }  // namespace far

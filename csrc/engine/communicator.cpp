@@ -48,13 +48,14 @@ Communicator::Communicator(c10::intrusive_ptr<c10d::Store> store, int rank, int 
   // ours, so that the communicator's deadline (which reports the missing ranks) fires first.
   const auto transport_timeout = timeout * 2 + std::chrono::seconds(30);
   pg_ = opts_.make_backend(prefixed("p2p/", store_), rank_, size_, transport_timeout);
-  p2p_ = std::make_unique<P2P>(pg_, [this] { poll(); });
+  poll_fn_ = [this] { poll(); };
+  p2p_ = std::make_unique<P2P>(pg_, poll_fn_);
   const int local_size = static_cast<int>(topo_.local.group_ranks.size());
   if (topo_.num_hosts > 1 && topo_.uniform && local_size > 1) {
     // Cross-host group of the ranks with my local index (one per index, all used at once).
     cross_pg_ = opts_.make_backend(prefixed("cross/" + std::to_string(topo_.local_rank) + "/", store_), topo_.host,
                           topo_.num_hosts, transport_timeout);
-    cross_ = std::make_unique<P2P>(cross_pg_, [this] { poll(); });
+    cross_ = std::make_unique<P2P>(cross_pg_, poll_fn_);
   }
   if (local_size > 1) {
     // Segment names carry the communicator's name; '/' is not allowed inside a POSIX shm name.
@@ -158,7 +159,7 @@ Call Communicator::admit(const Collective& c) {
 
 at::Tensor Communicator::run(const Collective& c) {
   Call call = admit(c);
-  at::Tensor result = call.copy_back.defined() ? call.copy_back : call.out;
+  at::Tensor result = call.result();
   submit(std::move(call), /*sync=*/true);
   return result;
 }
@@ -203,8 +204,7 @@ void Communicator::reject(const ArgError& e) {
 Communicator::FuturePtr Communicator::submit(Call call, bool sync) {
   Queue& q = *q_;
   std::unique_lock<std::mutex> lk(q.mu);
-  if (closed_ || q.stop) throw ClosedError("fastallreduce: communicator is closed");
-  if (aborted_) throw ClosedError("fastallreduce: communicator was aborted: " + abort_reason());
+  check_usable();  // again, under the lock: close() may have run since admit()
   if (sync && q.tasks.empty() && !q.busy) {
     // FIFO holds: nothing is queued or running, so this op is next. Run it here.
     q.busy = true;
@@ -244,7 +244,7 @@ void Communicator::complete(Task& t, std::exception_ptr err) {
   if (err)
     t.fut->setError(err);
   else
-    t.fut->markCompleted(c10::IValue(t.call.copy_back.defined() ? t.call.copy_back : t.call.out));
+    t.fut->markCompleted(c10::IValue(t.call.result()));
 }
 
 void Communicator::drain(const FuturePtr& until) {

@@ -122,8 +122,11 @@ class Communicator {
   void run_allreduce(const Call& c, const Header& h, bool header_checked);
   void run_gather_family(const Call& c, const Header& h);
   void run_fallback(const Call& c, const Header& h);
-  Header announce(const Header& h);
+  void announce(const Header& h);
   ShmOptions shm_options() const;
+  // The shared-memory paths' view of the op in progress (`h` must outlive it).
+  ShmContext shm_context(const Header& h);
+  static bool on_shm(Algo a);
   void check_header(P2P& t, const Header& mine);
   Algo choose_flat(size_t bytes) const;
   // watchdog.cpp: deadline, abort and rejection protocol
@@ -144,6 +147,7 @@ class Communicator {
   c10::intrusive_ptr<c10d::Backend> pg_, cross_pg_;
   std::unique_ptr<P2P> p2p_, cross_;
   std::unique_ptr<ShmGroup> shm_;
+  std::function<void()> poll_fn_;  // [this] { poll(); }, made once for every slow wait
   Staging staging_, hdr_staging_;
   uint64_t fork_generation_;
 

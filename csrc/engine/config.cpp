@@ -29,12 +29,10 @@ constexpr Knob kTimeout{"timeout (ms)", 1, double(kMaxTimeoutMs), true};
 
 std::string range_of(const Knob& k) {
   std::ostringstream os;
-  os << (k.integer ? "an integer" : "a number") << " in [" << static_cast<long long>(k.lo) << ", "
-     << static_cast<long long>(k.hi) << "]";
-  if (!k.integer) {
-    os.str("");
+  if (k.integer)
+    os << "an integer in [" << static_cast<long long>(k.lo) << ", " << static_cast<long long>(k.hi) << "]";
+  else
     os << "a number in [" << k.lo << ", " << k.hi << "]";
-  }
   return os.str();
 }
 

@@ -93,12 +93,15 @@ std::exception_ptr Communicator::execute(Task& task) {
   }
 }
 
-Header Communicator::announce(const Header& h) {
+void Communicator::announce(const Header& h) {
   last_algo_.store(h.algo);
   if (debug_log())
     std::fprintf(stderr, "[fastallreduce %s rank %d] %s\n", opts_.name.c_str(), rank_, h.describe().c_str());
-  return h;
 }
+
+ShmContext Communicator::shm_context(const Header& h) { return ShmContext{*shm_, h, deadline_, poll_fn_}; }
+
+bool Communicator::on_shm(Algo a) { return a == Algo::kShm || a == Algo::kHierarchical; }
 
 ShmOptions Communicator::shm_options() const {
   ShmOptions so = cfg_.shm;
@@ -114,10 +117,9 @@ void Communicator::run_call(const Call& c, const Header& h) {
     return;
   }
   if (single_host()) {
-    const bool shm_path = c.algo == Algo::kShm || c.algo == Algo::kHierarchical;
+    const bool shm_path = on_shm(c.algo);
     if (!shm_path) {
-      std::function<void()> poll_fn = [this] { poll(); };
-      ShmContext ctx{*shm_, h, deadline_, poll_fn};
+      ShmContext ctx = shm_context(h);
       shm_header_only(ctx);
     }
     if (c.algo == Algo::kDelegate) return;
@@ -131,13 +133,12 @@ void Communicator::run_call(const Call& c, const Header& h) {
 }
 
 void Communicator::run_allreduce(const Call& c, const Header& h, bool header_checked) {
-  const bool shm_path = c.algo == Algo::kShm || c.algo == Algo::kHierarchical;
+  const bool shm_path = on_shm(c.algo);
   if (!shm_path && !c.out.is_same(c.in) && c.in.numel() > 0)
     std::memcpy(c.out.data_ptr(), c.in.data_ptr(), c.in.nbytes());
   Job job = job_of(c.in, c.out, c.op, size_);
   if (shm_path) {
-    std::function<void()> poll_fn = [this] { poll(); };
-    ShmContext ctx{*shm_, h, deadline_, poll_fn};
+    ShmContext ctx = shm_context(h);
     if (c.algo == Algo::kShm)
       shm_allreduce(ctx, job, shm_options());
     else
@@ -169,8 +170,7 @@ void Communicator::run_gather_family(const Call& c, const Header& h) {
   job.divisor = size_;
   const auto& locals = topo_.local.group_ranks;
   job.root = static_cast<int>(std::find(locals.begin(), locals.end(), c.root) - locals.begin());
-  std::function<void()> poll_fn = [this] { poll(); };
-  ShmContext ctx{*shm_, h, deadline_, poll_fn};
+  ShmContext ctx = shm_context(h);
   shm_gather_family(ctx, job, shm_options());
 }
 

@@ -23,7 +23,7 @@ void check_tensor(const at::Tensor& t, const char* what) {
                           " in this build");
 }
 
-DType check_dtype(const at::Tensor& t, Kind k, RedOp op) {
+void check_dtype(const at::Tensor& t, Kind k, RedOp op) {
   const std::optional<DType> dt = to_dtype(t.scalar_type());
   if (!dt) throw type_error("fastallreduce: unsupported dtype " + str(t));
   if (k == Kind::kAllreduce || k == Kind::kReduceScatter) {
@@ -34,7 +34,6 @@ DType check_dtype(const at::Tensor& t, Kind k, RedOp op) {
       throw type_error(std::string("fastallreduce: bool tensors support only op=max / op=min, got op=") +
                        op_name(op));
   }
-  return *dt;
 }
 
 // The bytes a view can touch, from its strides.
@@ -72,8 +71,7 @@ Call Communicator::prepare(const Collective& c) const {
   const bool reducing = k == Kind::kAllreduce || k == Kind::kReduceScatter;
   const RedOp op = reducing ? c.op : RedOp::kSum;  // gathers and broadcasts copy
   check_tensor(c.input, k == Kind::kBroadcast ? "broadcast" : "input");
-  const DType dt = check_dtype(c.input, k, op);
-  (void)dt;
+  check_dtype(c.input, k, op);
   const bool in_place = k == Kind::kBroadcast || !c.output.defined() || c.output.is_same(c.input);
   if (!in_place) {
     check_tensor(c.output, "output");
