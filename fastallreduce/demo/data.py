@@ -14,7 +14,7 @@ import gzip
 import math
 import os
 import struct
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -167,18 +167,24 @@ def _digits(name: str, test_fraction: float, quick: bool) -> dict[str, Any]:
     return {"xtr": xtr.contiguous(), "ytr": ytr, "xte": xte.contiguous(), "yte": yte, "num_classes": 10}
 
 
-def load_data(name: str = "digits", test_fraction: float = 0.2, quick: bool = False) -> dict[str, Any]:
+def load_data(name: str = "digits", test_fraction: float = 0.2, quick: bool = False,
+              train_size: Optional[int] = None) -> dict[str, Any]:
     """The data set ``name``: ``digits``, ``digits-shift`` or a directory of IDX files.
 
     Returns ``xtr``, ``ytr``, ``xte``, ``yte`` (images (N, 1, H, W) float32 in [0, 1], labels
     int64) and ``num_classes``. ``test_fraction`` splits the digits (IDX files bring their own
-    split); ``quick`` keeps the first 512 training and 128 test examples.
+    split); ``quick`` keeps the first 512 training and 128 test examples; ``train_size`` keeps
+    that many training examples, drawn with a fixed seed (the same subset in every run).
     """
     if name in DIGITS:
-        return _digits(name, test_fraction, quick)
-    check_data(name)
-    d = load_idx(name)
-    if quick:
-        d.update(xtr=d["xtr"][:_QUICK_TRAIN], ytr=d["ytr"][:_QUICK_TRAIN], xte=d["xte"][:_QUICK_TEST],
-                 yte=d["yte"][:_QUICK_TEST])
+        d = _digits(name, test_fraction, quick)
+    else:
+        check_data(name)
+        d = load_idx(name)
+        if quick:
+            d.update(xtr=d["xtr"][:_QUICK_TRAIN], ytr=d["ytr"][:_QUICK_TRAIN], xte=d["xte"][:_QUICK_TEST],
+                     yte=d["yte"][:_QUICK_TEST])
+    if train_size is not None and train_size < len(d["ytr"]):
+        keep = torch.randperm(len(d["ytr"]), generator=torch.Generator().manual_seed(0))[:train_size]
+        d.update(xtr=d["xtr"][keep], ytr=d["ytr"][keep])
     return {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in d.items()}

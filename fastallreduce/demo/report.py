@@ -24,19 +24,31 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def early_epochs(doc: dict[str, Any]) -> int:
+    """How many epochs count as "early": those before the first lr decay (the paper's Figure 2 shows
+    the large minibatch without gradual warmup behind over that stretch), at least one."""
+    c = doc["config"]
+    return min(c["milestones"]) if c["milestones"] else c["epochs"]
+
+
 def summarise(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per setting: mean ± std over seeds of final error, wall time and exposed communication."""
+    """Per setting: mean ± std over seeds of the final test error, the early training error (mean over
+    :func:`early_epochs`), the final training loss, wall time and exposed communication."""
     out: dict[str, dict[str, Any]] = {}
+    early = early_epochs(doc)
     for setting in SETTINGS:
         runs = [r for r in doc["runs"] if r["setting"] == setting]
         if not runs:
             continue
         err = _mean_std([r["final_error"] for r in runs])
         loss = _mean_std([r["curve"][-1]["train_loss"] for r in runs])
+        early_err = _mean_std([statistics.fmean(e.get("train_error", math.nan) for e in r["curve"][:early])
+                               for r in runs])
         out[setting] = {
             "seeds": len(runs), "minibatch": runs[0]["minibatch"], "lr": runs[0]["lr"],
             "workers": runs[0]["workers"], "accum": runs[0]["accum"],
             "error_mean": err[0], "error_std": err[1], "final_loss_mean": loss[0], "final_loss_std": loss[1],
+            "early_train_error_mean": early_err[0], "early_train_error_std": early_err[1],
             "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs),
             "comm_s_mean": statistics.fmean(r["comm_s"] for r in runs),
             "exposed_s_mean": statistics.fmean(r["exposed_s"] for r in runs),
@@ -56,10 +68,47 @@ def _gap(doc: dict[str, Any], a: str, b: str) -> Optional[tuple[float, float]]:
     return ea["error_mean"] - eb["error_mean"], se
 
 
-def conclusions(doc: dict[str, Any]) -> list[str]:
-    """What this run shows, in words, decided from its numbers (2 standard errors = 'clearly')."""
+def paper_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paper's two findings, each checked on this run's numbers (needs all four settings):
+
+    * early: without warmup and with constant warmup, the large minibatch's training error over the
+      early epochs is above gradual warmup's by more than one seed-std (the larger of the two);
+    * final: gradual warmup's final test error is within one seed-std (the larger of the two) of
+      the baseline's.
+
+    Each entry has ``name``, ``passed`` and ``text``.
+    """
     s = doc["summary"]
+    if any(k not in s for k in SETTINGS):
+        return []
     out = []
+    g = s["gradual warmup"]
+    for name in ("no warmup", "constant warmup"):
+        v = s[name]
+        gap = v["early_train_error_mean"] - g["early_train_error_mean"]
+        std = max(v["early_train_error_std"], g["early_train_error_std"])
+        out.append({"name": f"early: {name} behind gradual warmup", "passed": bool(gap > std),
+                    "text": f"training error over epochs 1-{early_epochs(doc)}: {name} "
+                            f"{v['early_train_error_mean']:.2f} % vs gradual warmup {g['early_train_error_mean']:.2f} %, "
+                            f"gap {gap:+.2f} against one seed-std {std:.2f}"})
+    b = s["baseline"]
+    gap = g["error_mean"] - b["error_mean"]
+    std = max(g["error_std"], b["error_std"])
+    out.append({"name": "final: gradual warmup matches the baseline", "passed": bool(abs(gap) <= std),
+                "text": f"final test error: gradual warmup {g['error_mean']:.2f} % vs baseline {b['error_mean']:.2f} %, "
+                        f"gap {gap:+.2f} against one seed-std {std:.2f} (paper: 23.74 vs 23.60)"})
+    return out
+
+
+def conclusions(doc: dict[str, Any]) -> list[str]:
+    """What this run shows, in words, decided from its numbers: first the paper's findings
+    (:func:`paper_checks`), then the finer comparisons (2 standard errors = 'clearly')."""
+    s = doc["summary"]
+    checks = paper_checks(doc)
+    out = [f"{'REPRODUCED' if c['passed'] else 'NOT reproduced'}: {c['name']} ({c['text']})" for c in checks]
+    if checks:
+        n = sum(c["passed"] for c in checks)
+        out.insert(0, f"the paper's findings: {n} of {len(checks)} reproduced in this run")
     test_size = next((r["test_size"] for r in doc["runs"]), 0)
     resolution = 100.0 / test_size if test_size else float("nan")
 
@@ -144,10 +193,10 @@ def format_table(doc: dict[str, Any]) -> str:
         f"warmup {c['warmup_epochs']} epochs, decay x0.1 at epochs {list(c['milestones'])}, {len(c['seeds'])} seed(s), "
         f"gradients averaged by {'the fastallreduce DDP hook' if c.get('comm') == 'fastallreduce' else 'DDP (gloo)'}",
         "",
-        f"| {'setting':<16}| {'k x n x accum':>14} | {'minibatch':>9} | {'lr':>6} | {'final error %':>15} | "
-        f"{'wall s':>7} | {'exposed comm s':>14} || paper kn | paper lr | paper error % |",
-        "|" + "-" * 17 + "|" + "-" * 16 + "|" + "-" * 11 + "|" + "-" * 8 + "|" + "-" * 17 + "|" + "-" * 9 + "|"
-        + "-" * 16 + "||" + "-" * 10 + "|" + "-" * 10 + "|" + "-" * 15 + "|",
+        f"| {'setting':<16}| {'k x n x accum':>14} | {'minibatch':>9} | {'lr':>6} | {'early train err %':>17} | "
+        f"{'final error %':>15} | {'wall s':>7} | {'exposed comm s':>14} || paper kn | paper lr | paper error % |",
+        "|" + "-" * 17 + "|" + "-" * 16 + "|" + "-" * 11 + "|" + "-" * 8 + "|" + "-" * 19 + "|" + "-" * 17 + "|"
+        + "-" * 9 + "|" + "-" * 16 + "||" + "-" * 10 + "|" + "-" * 10 + "|" + "-" * 15 + "|",
     ]
     for name, v in doc["summary"].items():
         p = PAPER[name]
@@ -156,24 +205,28 @@ def format_table(doc: dict[str, Any]) -> str:
         exposed = f"{v['exposed_s_mean']:.2f} ({100 * v['exposed_s_mean'] / max(v['wall_s_mean'], 1e-9):.1f}%)"
         if c.get("comm") != "fastallreduce":
             exposed = "n/a"
-        lines.append(f"| {name:<16}| {shape:>14} | {v['minibatch']:>9} | {v['lr']:>6.3g} | {err:>15} | "
+        early = f"{v['early_train_error_mean']:.2f} ± {v['early_train_error_std']:.2f}"
+        lines.append(f"| {name:<16}| {shape:>14} | {v['minibatch']:>9} | {v['lr']:>6.3g} | {early:>17} | {err:>15} | "
                      f"{v['wall_s_mean']:>7.1f} | {exposed:>14} || {p['minibatch']:>8} | {p['lr']:>8} | "
                      f"{p['error'][0]:.2f} ± {p['error'][1]:.2f} |")
     lines.append("")
-    lines.append("final error: test error after the last epoch, mean ± std over seeds; wall s: training time per run "
+    lines.append(f"early train err: training error (on the minibatches as trained) averaged over epochs "
+                 f"1-{early_epochs(doc)}, before the first lr decay; "
+                 "final error: test error after the last epoch, mean ± std over seeds; wall s: training time per run "
                  "(slowest worker, evaluation excluded); exposed comm: time the last gradient bucket was still "
                  "being reduced after backward ended, summed over steps (share of wall time)")
     return "\n".join(lines)
 
 
 def plot(doc: dict[str, Any], path: str) -> None:
-    """Test error and training loss against epoch for every run (thin) and each setting's mean (thick)."""
+    """Training error (the paper's Figure 2) and test error against epoch, for every run (thin) and
+    each setting's mean (thick)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (ax_train, ax_err) = plt.subplots(1, 2, figsize=(12, 4.6))
     colors = {"baseline": "black", "no warmup": "C3", "constant warmup": "C1", "gradual warmup": "C0"}
     for setting in SETTINGS:
         runs = [r for r in doc["runs"] if r["setting"] == setting]
@@ -181,27 +234,24 @@ def plot(doc: dict[str, Any], path: str) -> None:
             continue
         col = colors[setting]
         epochs = [e["epoch"] for e in runs[0]["curve"]]
-        for r in runs:
-            ax_err.plot(epochs, [e["test_error"] for e in r["curve"]], color=col, lw=0.6, alpha=0.35)
-            ax_loss.plot(epochs, [e["train_loss"] for e in r["curve"]], color=col, lw=0.6, alpha=0.35)
-        mean_err = [statistics.fmean(r["curve"][i]["test_error"] for r in runs) for i in range(len(epochs))]
-        mean_loss = [statistics.fmean(r["curve"][i]["train_loss"] for r in runs) for i in range(len(epochs))]
         v = doc["summary"][setting]
         label = f"{setting} (kn={v['minibatch']}, lr={v['lr']:.3g})"
-        ax_err.plot(epochs, mean_err, color=col, lw=2, label=label, marker="o", ms=3)
-        ax_loss.plot(epochs, mean_loss, color=col, lw=2, label=label, marker="o", ms=3)
+        for ax, key in ((ax_train, "train_error"), (ax_err, "test_error")):
+            for r in runs:
+                ax.plot(epochs, [e.get(key, math.nan) for e in r["curve"]], color=col, lw=0.6, alpha=0.35)
+            mean = [statistics.fmean(r["curve"][i].get(key, math.nan) for r in runs) for i in range(len(epochs))]
+            ax.plot(epochs, mean, color=col, lw=2, label=label, marker="o", ms=3)
     c = doc["config"]
-    for ax in (ax_err, ax_loss):
+    for ax in (ax_train, ax_err):
         ax.axvline(c["warmup_epochs"] + 0.5, color="grey", ls=":", lw=0.8)
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+        ax.set_yscale("log")
+    ax_train.set_ylabel("training error %")
     ax_err.set_ylabel("test error %")
-    ax_err.set_yscale("log")
-    ax_loss.set_ylabel("training loss")
-    ax_loss.set_yscale("log")
-    ax_err.set_title("test error (thin: each seed; thick: mean)")
-    ax_loss.set_title("training loss")
+    ax_train.set_title("training error, as the paper's Figure 2 (thin: each seed; thick: mean)")
+    ax_err.set_title("test error")
     fig.suptitle(f"Large-minibatch SGD in miniature: {data_title(c['data'])}, {c['workers']} workers, n={c['batch_per_worker']}, "
                  f"{c['epochs']} epochs, warmup {c['warmup_epochs']} epochs")
     fig.tight_layout()

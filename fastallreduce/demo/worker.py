@@ -33,13 +33,15 @@ def _worker_setup(cfg: dict[str, Any]) -> dict[str, Any]:
     from fastallreduce import optim as far_optim
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    if "data" not in _w or _w["data_key"] != (cfg["data"], cfg["quick"]):
-        _w["data"] = load_data(cfg["data"], quick=cfg["quick"])
-        _w["data_key"] = (cfg["data"], cfg["quick"])
+    key = (cfg["data"], cfg["quick"], cfg.get("train_size"))
+    if _w.get("data_key") != key:
+        _w["data"] = load_data(cfg["data"], quick=cfg["quick"], train_size=cfg.get("train_size"))
+        _w["data_key"] = key
     if "comm" not in _w and cfg["comm"] == "fastallreduce":  # one communicator per worker, shared by all runs (creating one is a collective)
         _w["comm"] = far.Communicator()
     torch.manual_seed(cfg["seed"])  # same initial weights everywhere (DDP also broadcasts rank 0's)
-    model = SmallResNet(cfg["width"], num_classes=_w["data"]["num_classes"])
+    side = _w["data"]["xtr"].shape[-1]
+    model = SmallResNet(cfg["width"], num_classes=_w["data"]["num_classes"], stem_stride=2 if side >= 16 else 1)
     far_optim.zero_init_last_bn(model)
     # broadcast_buffers=False: BatchNorm statistics stay per worker, as in the paper.
     with warnings.catch_warnings():
@@ -74,7 +76,7 @@ def _worker_epoch(epoch: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(cfg["seed"] * 100003 + epoch)
     perm = torch.randperm(len(data["ytr"]), generator=g)  # identical on every worker
     ddp.train()
-    loss_sum, micro = 0.0, 0
+    loss_sum, micro, wrong = 0.0, 0, 0
     losses = []
     lrs = []
     comm_s = exposed_s = 0.0
@@ -91,11 +93,15 @@ def _worker_epoch(epoch: int) -> dict[str, Any]:
             # k workers, so the step uses the mean over the whole minibatch k·n·accum.
             if m < accum - 1:
                 with ddp.no_sync():
-                    loss = F.cross_entropy(ddp(x), y)
+                    out = ddp(x)
+                    loss = F.cross_entropy(out, y)
                     (loss / accum).backward()
             else:
-                loss = F.cross_entropy(ddp(x), y)
+                out = ddp(x)
+                loss = F.cross_entropy(out, y)
                 (loss / accum).backward()
+            # Training error as the paper plots it: on the minibatches as they are trained on.
+            wrong += int((out.detach().argmax(1) != y).sum())
             losses.append(float(loss.detach()))
             loss_sum += losses[-1]
             micro += 1
@@ -114,10 +120,11 @@ def _worker_epoch(epoch: int) -> dict[str, Any]:
         pred = _w["model"](xte).argmax(1)
     q = max(1, len(losses) // 4)
     counts = torch.tensor([float((pred != yte).sum()), float(len(yte)), loss_sum, float(micro),
-                           sum(losses[:q]) / q, sum(losses[-q:]) / q], dtype=torch.float64)
+                           sum(losses[:q]) / q, sum(losses[-q:]) / q, float(wrong)], dtype=torch.float64)
     dist.all_reduce(counts)
-    counts[4:] /= world
+    counts[4:6] /= world
     return {"epoch": epoch + 1, "test_error": 100.0 * float(counts[0] / counts[1]),
+            "train_error": 100.0 * float(counts[6] / (counts[3] * n)),
             "train_loss": float(counts[2] / counts[3]), "loss_first_quarter": float(counts[4]),
             "loss_last_quarter": float(counts[5]), "train_s": train_s, "comm_s": comm_s,
             "exposed_s": exposed_s, "bytes": nbytes, "lr_first": lrs[0], "lr_last": lrs[-1],
