@@ -38,8 +38,9 @@ from .communicator import _ALGO_CODE, _MAX_TIMEOUT, ALGORITHMS, _gloo, _nccl
 
 #: The name to pass to ``torch.distributed.init_process_group``.
 BACKEND_NAME = "fastallreduce"
-#: Devices the backend is registered for (CUDA tensors go to an NCCL group made at the first CUDA call).
-DEVICES = ["cpu"] + (["cuda"] if getattr(_C, "with_cuda", False) else [])
+#: Devices the backend is registered for (CUDA tensors go to an NCCL group made at the first CUDA
+#: call, so "cuda" needs only torch's NCCL, not our CUDA kernels).
+DEVICES = ["cpu"] + (["cuda"] if dist.is_available() and dist.is_nccl_available() else [])
 
 
 
