@@ -318,6 +318,18 @@ void Communicator::abort(const std::string& reason) {
   if (g_fork_generation.load() != fork_generation_) return;
   publish_abort("fault|fastallreduce: rank " + std::to_string(rank_) + " aborted: " + reason);
   interrupt_transports();
+  // NCCL kernels waiting for a peer never return by themselves: abort the group (torch's way).
+  c10::intrusive_ptr<c10d::Backend> nccl;
+  {
+    std::lock_guard<std::mutex> lk(nccl_mu_);
+    nccl = nccl_;
+  }
+  if (nccl) {
+    try {
+      nccl->abort();
+    } catch (const std::exception&) {  // already torn down
+    }
+  }
 }
 
 void Communicator::close() {

@@ -6,6 +6,7 @@
 // that stream wait for NCCL (Work::wait) and returns without blocking the CPU; an asynchronous
 // one completes its CUDA-aware future from the Work's (communicator.cpp, complete()).
 #include <c10/core/StreamGuard.h>
+#include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 
 #include "common/errors.h"
@@ -46,16 +47,23 @@ void Communicator::run_nccl(Task& task, const Header& h) {
   }
   announce(h);
   if (size_ > 1) check_header_only(h);
-  c10::intrusive_ptr<c10d::Backend> pg = nccl();
-  c10::OptionalStreamGuard guard(c.stream);
-  c10::intrusive_ptr<c10d::Work> work = nccl_issue(*pg, c.kind, c.op, c.in, c.out, c.root);
-  watch_nccl(work, h);
-  if (task.sync || c.copy_back.defined()) {
-    work->wait();  // the caller's stream waits for NCCL; the CPU does not
-    if (c.copy_back.defined()) c.copy_back.detach().copy_(c.out.view(c.copy_back.sizes()));
-    return;
+  try {
+    c10::intrusive_ptr<c10d::Backend> pg = nccl();
+    c10::OptionalStreamGuard guard(c.stream);
+    c10::intrusive_ptr<c10d::Work> work = nccl_issue(*pg, c.kind, c.op, c.in, c.out, c.root);
+    watch_nccl(work, h);
+    if (task.sync || c.copy_back.defined()) {
+      work->wait();  // the caller's stream waits for NCCL; the CPU does not
+      if (c.copy_back.defined()) c.copy_back.detach().copy_(c.out.view(c.copy_back.sizes()));
+      return;
+    }
+    task.after = work->getFuture();
+  } catch (const c10::Error& e) {
+    // torch's NCCL errors (DistBackendError and the like) as the CPU path's: a CommError, which
+    // execute() publishes so that every rank fails this call promptly.
+    throw CommError("fastallreduce: rank " + std::to_string(rank_) + ": " + h.describe() +
+                    " failed on NCCL: " + e.what_without_backtrace());
   }
-  task.after = work->getFuture();
 }
 
 void Communicator::watch_nccl(const c10::intrusive_ptr<c10d::Work>& work, const Header& h) {
