@@ -13,8 +13,11 @@ supports runs on the engine (AVG on integer dtypes raises TypeError). When every
 host, broadcast, all_gather (list, into_tensor, single) and reduce_scatter (list, tensor, single)
 of such tensors run on the engine's shared memory as well. Everything else -- gather, scatter,
 reduce, all_to_all, point-to-point, monitored_barrier, the coalesced forms, and calls on other
-dtypes / ops / devices / layouts -- goes to an internal Gloo backend created from the same store, so
-nothing a torch user calls is missing and those calls behave (and fail) exactly as on Gloo. ``barrier`` waits for this
+dtypes / ops / layouts -- goes to an internal Gloo backend created from the same store, so
+nothing a torch user calls is missing and those calls behave (and fail) exactly as on Gloo. CUDA
+tensors go, after the same header check, to an NCCL group over the same ranks that the engine makes
+at the first CUDA call (so ``"fastallreduce"`` alone serves a GPU job; AVG on integer dtypes still
+raises TypeError). ``barrier`` waits for this
 rank's delegated work, then runs a 1-byte engine collective (FIFO after queued allreduces); unlike
 Gloo's barrier it never re-raises an earlier op's error.
 
@@ -31,12 +34,13 @@ import torch
 import torch.distributed as dist
 
 from . import _C
-from .communicator import _ALGO_CODE, _MAX_TIMEOUT, ALGORITHMS, _gloo
+from .communicator import _ALGO_CODE, _MAX_TIMEOUT, ALGORITHMS, _gloo, _nccl
 
 #: The name to pass to ``torch.distributed.init_process_group``.
 BACKEND_NAME = "fastallreduce"
-#: Devices the backend is registered for (cuda tensors are delegated to Gloo until a GPU path exists).
-DEVICES = ["cpu"] + (["cuda"] if getattr(_C, "with_cuda", False) else [])
+#: Devices the backend is registered for (CUDA tensors go to an NCCL group made at the first CUDA
+#: call, so "cuda" needs only torch's NCCL, not our CUDA kernels).
+DEVICES = ["cpu"] + (["cuda"] if dist.is_available() and dist.is_nccl_available() else [])
 
 
 
@@ -51,7 +55,9 @@ def create_backend(store: dist.Store, rank: int, size: int, timeout: timedelta) 
     error = "" if name in ALGORITHMS else (
         f"fastallreduce: FASTALLREDUCE_BACKEND_ALGORITHM={name!r}; choose from {ALGORITHMS}")
     timeout_ms = int(min(timeout, _MAX_TIMEOUT) / timedelta(milliseconds=1))
-    return _C.FastAllreduceBackend(store, rank, size, timeout_ms, _ALGO_CODE.get(name, 0), _gloo, local_error=error)
+    nccl = _nccl if dist.is_nccl_available() else None  # made at the first CUDA call, if any
+    return _C.FastAllreduceBackend(store, rank, size, timeout_ms, _ALGO_CODE.get(name, 0), _gloo, local_error=error,
+                                   make_nccl=nccl)
 
 
 def register() -> None:

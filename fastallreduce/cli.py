@@ -7,6 +7,7 @@
     fastallreduce bench all [--out DIR]    every benchmark above + results/report.md with the machine
     fastallreduce info                     versions, build, topology of this host, algorithms
     fastallreduce demo [args]              large-minibatch SGD demo (Goyal et al.) in miniature
+    fastallreduce check --gpu [--dry-run]  the prepared GPU check: build, GPU tests, fused-SGD table
 
 Arguments after the sub-command go to that tool; ``--help`` on each shows its options.
 """
@@ -302,7 +303,7 @@ def info_main(argv: Sequence[str]) -> int:
 # entry point
 # ---------------------------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m fastallreduce {bench,info,demo} ...``; returns the exit status."""
+    """``python -m fastallreduce {bench,info,demo,check} ...``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -312,6 +313,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return bench_main(rest)
     if cmd == "info":
         return info_main(rest)
+    if cmd == "check":
+        from . import gpu_check
+
+        return gpu_check.main(rest)
     if cmd == "demo":
         from . import demo
 

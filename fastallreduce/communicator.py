@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.futures import Future
 
 from . import _C
+from .arrays import ArrayFuture, as_tensor
 
 log = logging.getLogger("fastallreduce")
 if os.environ.get("FASTALLREDUCE_LOG", "").lower() == "debug":
@@ -59,6 +60,34 @@ def _gloo(store: dist.Store, rank: int, size: int, timeout_ms: int) -> dist.Proc
     return dist.ProcessGroupGloo(store, rank, size, timedelta(milliseconds=timeout_ms))
 
 
+# ProcessGroupNCCL reads TORCH_NCCL_ASYNC_ERROR_HANDLING in its constructor. 2 (CleanUpOnly):
+# on a timeout its watchdog aborts the group's NCCL communicator but leaves the process alive
+# (torch's default ends it), so our next call raises CommTimeoutError instead.
+_NCCL_ERROR_HANDLING = "2"
+_env_lock = threading.Lock()
+
+
+def _nccl(store: dist.Store, rank: int, size: int, timeout_ms: int, name: str = "fastallreduce") -> dist.ProcessGroup:
+    # The engine's CUDA path: a ProcessGroupNCCL made directly on its own PrefixStore, as the Gloo
+    # transport is, at the communicator's first CUDA call (collective: every rank makes that call).
+    # Options as torch's own groups get them (distributed_c10d._new_process_group_helper).
+    opts = dist.ProcessGroupNCCL.Options()
+    opts.is_high_priority_stream = False
+    opts._timeout = timedelta(milliseconds=timeout_ms)
+    opts.group_name = name  # names the group in torch's NCCL logs and flight recorder
+    key = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
+    with _env_lock:
+        before = os.environ.get(key)
+        os.environ[key] = _NCCL_ERROR_HANDLING
+        try:
+            return dist.ProcessGroupNCCL(store, rank, size, opts)
+        finally:  # only this group is made with our setting; others keep the user's
+            if before is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = before
+
+
 def _op_code(op: Any) -> int:
     try:
         return _OP_CODE[op]
@@ -91,6 +120,15 @@ class Communicator:
     A synchronous call with nothing queued runs on the calling thread (GIL released); async
     calls run on the communicator's worker thread. Tensors may be non-contiguous (they are
     staged through a contiguous copy, identically on every rank).
+
+    CUDA tensors run on the communicator's own NCCL group (torch's ProcessGroupNCCL over the same
+    ranks), made at its first CUDA call, after the same argument and header checks as on the CPU.
+    As with torch.distributed, the op is ordered after the work queued on the caller's current
+    stream; a synchronous call returns once the result is ready on that stream (the CPU does not
+    wait for the GPU); ``async_op=True`` returns a CUDA-aware Future (``wait()`` makes the current
+    stream wait, ``then`` callbacks run after the op). ``algorithm`` chooses among CPU paths only.
+    DLPack-capable arrays (NumPy, CuPy) are accepted wherever a tensor is, zero-copy, and given
+    back as they came (:mod:`fastallreduce.arrays`).
 
     Faults are errors on every rank, never hangs: a mismatched call (kind, size, dtype, op, root,
     algorithm) raises :class:`MismatchError`; a call one rank rejects (a bad argument raises
@@ -164,9 +202,12 @@ class Communicator:
         except (TypeError, ValueError) as e:
             error, local_exc = str(e), e
         try:
+            nccl = None  # made at the first CUDA call, if any
+            if dist.is_nccl_available():
+                nccl = lambda *args: _nccl(*args, name=f"fastallreduce-{uid}")  # noqa: E731
             self._c = _C.Communicator(store, rank, size, _gloo, timeout_ms=timeout_ms,
                                       chunk_bytes=chunk_bytes if local_exc is None else None,
-                                      host_id=host_id, name=uid, local_error=error)
+                                      host_id=host_id, name=uid, local_error=error, make_nccl=nccl)
         except ValueError:
             if local_exc is not None:
                 raise local_exc from None  # this rank's own error, as the type it was
@@ -270,10 +311,13 @@ class Communicator:
         return self._run(_KIND_REDUCE_SCATTER, input, output, op, 0, self._algo, async_op)
 
     def _run(self, kind: int, input: Any, output: Any, op: Any, root: Any, algo: Any, async_op: bool):
+        # The object the result is written into, given back as it was given (arrays.py).
+        result = output if output is not None else input
         try:
-            for name, t in (("input", input), ("output", output)):
-                if t is not None and not isinstance(t, torch.Tensor):
-                    raise TypeError(f"fastallreduce: {name} must be a torch.Tensor, got {type(t).__name__}")
+            input, from_array = as_tensor(input, "input", written=output is None)
+            if output is not None:
+                output, out_array = as_tensor(output, "output", written=True)
+                from_array = from_array or out_array
             if not isinstance(root, int) or isinstance(root, bool):
                 raise TypeError(f"fastallreduce: src must be an int, got {type(root).__name__}")
             code = _op_code(op)
@@ -282,7 +326,10 @@ class Communicator:
             # Rejected here: the engine takes the call's number and tells the peers that made it.
             self._c.reject(type(e) is TypeError, str(e))
             raise
-        return self._c.run(kind, input, output, code, root, algo, bool(async_op))
+        done = self._c.run(kind, input, output, code, root, algo, bool(async_op))
+        if not from_array or isinstance(result, torch.Tensor):
+            return done
+        return ArrayFuture(done, result) if async_op else result
 
     # -- introspection -----------------------------------------------------------------
     def choose(self, nbytes: int) -> str:

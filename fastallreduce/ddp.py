@@ -8,7 +8,8 @@
 Contract of :func:`allreduce_hook`: it returns at once with a ``torch.futures.Future`` that
 completes with the bucket's gradients AVERAGED over the group (the sum divided by the group
 size, as DDP's default hook does), with the buffer's shape and dtype. The reduction runs on the
-communicator's worker thread while backprop continues.
+communicator's worker thread while backprop continues; a CUDA bucket's runs on the communicator's
+NCCL group, ordered after the work queued on the current stream, and the Future is CUDA-aware.
 
 The update fused into the hook (:func:`register_fused_optimizer`, :class:`FusedSGDState`,
 :func:`fused_sgd_hook`) lives in :mod:`fastallreduce.fused` and is re-exported here.

@@ -104,8 +104,11 @@ class FusedSGDState(HookState):
 
 def fused_sgd_hook(state: FusedSGDState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Averages the bucket like :func:`~fastallreduce.ddp.allreduce_hook`, then updates the
-    bucket's parameters with ``state.optimizer`` on the communicator's thread, so one bucket's
-    update overlaps the next bucket's communication. The Future holds the averaged gradients.
+    bucket's parameters with ``state.optimizer`` in the Future's continuation (torch's
+    ``_hook_then_optimizer`` pattern), so one bucket's update overlaps the next bucket's
+    communication: on the communicator's thread for CPU buckets; for CUDA buckets on the stream
+    torch gives a CUDA Future's callback, which waits for the allreduce. The Future holds the
+    averaged gradients.
 
     On a rank that has joined (Join's shadow passes, outside any backward), or with no optimizer
     (a copy of the state), it only communicates.

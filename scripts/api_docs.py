@@ -28,6 +28,8 @@ API: list[tuple[str, list[str]]] = [
     ("fastallreduce.fused", ["register_fused_optimizer", "fused_sgd_hook", "FusedSGDState"]),
     ("fastallreduce.optim", ["SGD", "WarmupSchedule", "scaled_lr", "param_groups", "zero_init_last_bn",
                              "NORM_LAYERS"]),
+    ("fastallreduce.optim.cuda", ["CUDA_SGD_PATHS", "cuda_sgd_path"]),
+    ("fastallreduce.arrays", ["ArrayFuture", "as_tensor"]),
     ("fastallreduce.backend", ["BACKEND_NAME", "register", "get_backend", "world_group",
                                "create_backend"]),
 ]

@@ -30,14 +30,14 @@ class Net(nn.Module):
 
 def train(hook: bool, steps: int = 10, *, compression=None, gradient_as_bucket_view=False, static_graph=False,
           find_unused=False, unused=False, accumulate=1, bucket_cap_mb=0.002, group_ranks=None,
-          uneven=False, int_valued=False, algorithm="auto", bn=False, buffers=True):
-    """Trains the same model with DDP; returns the final parameters and buffers (and hook stats)."""
+          uneven=False, int_valued=False, algorithm="auto", bn=False, buffers=True, device="cpu"):
+    """Trains the same model with DDP; returns the final parameters and buffers (CPU copies, and hook stats)."""
     rank = dist.get_rank()
     group = dist.new_group(group_ranks) if group_ranks is not None else None
     if group_ranks is not None and rank not in group_ranks:
         return None
     torch.manual_seed(0)
-    model = Net(unused=unused, int_valued=int_valued, bn=bn)
+    model = Net(unused=unused, int_valued=int_valued, bn=bn).to(device)
     ddp = DDP(model, process_group=group, gradient_as_bucket_view=gradient_as_bucket_view,
               static_graph=static_graph, find_unused_parameters=find_unused, bucket_cap_mb=bucket_cap_mb)
     state = far.ddp.register(ddp, compression=compression, algorithm=algorithm, buffers=buffers) if hook else None
@@ -50,7 +50,7 @@ def train(hook: bool, steps: int = 10, *, compression=None, gradient_as_bucket_v
             x = torch.randint(-1, 2, (8, 16), generator=g).float()
         else:
             x = torch.randn(8, 16, generator=g)
-        batches.append(x)
+        batches.append(x.to(device))
 
     def step_loss(x):
         out = ddp(x)
@@ -74,7 +74,7 @@ def train(hook: bool, steps: int = 10, *, compression=None, gradient_as_bucket_v
                 else:
                     step_loss(x).backward()
             opt.step()
-    params = [p.detach().clone() for p in model.parameters()] + [b.clone() for b in model.buffers()]
+    params = [p.detach().cpu() for p in model.parameters()] + [b.cpu() for b in model.buffers()]
     stats = state.stats() if state is not None else None
     if state is not None:
         logging_data = ddp._get_ddp_logging_data()
@@ -84,15 +84,17 @@ def train(hook: bool, steps: int = 10, *, compression=None, gradient_as_bucket_v
 
 
 def train_fused(fused: bool, steps: int = 12, accumulate: int = 1, gradient_as_bucket_view: bool = False,
-                clip: bool = False, momentum: float = 0.9, uneven: bool = False):
-    """far.optim.SGD + WarmupSchedule; the reference steps after backward, the other fuses the update."""
+                clip: bool = False, momentum: float = 0.9, uneven: bool = False, device: str = "cpu",
+                torch_sgd: bool = False):
+    """far.optim.SGD (or, as a reference, ``torch_sgd``: torch.optim.SGD) + WarmupSchedule; the
+    reference steps after backward, the other fuses the update. Returns CPU copies of the parameters."""
     from fastallreduce.optim import SGD, WarmupSchedule
 
     rank = dist.get_rank()
     torch.manual_seed(0)
-    model = Net()
+    model = Net().to(device)
     ddp = DDP(model, gradient_as_bucket_view=gradient_as_bucket_view, bucket_cap_mb=0.002)
-    opt = SGD(ddp.parameters(), lr=0.4, momentum=momentum, weight_decay=1e-4, nesterov=momentum > 0)
+    opt = (torch.optim.SGD if torch_sgd else SGD)(ddp.parameters(), lr=0.4, momentum=momentum, weight_decay=1e-4, nesterov=momentum > 0)
     sched = WarmupSchedule(opt, iters_per_epoch=2, warmup="gradual", warmup_epochs=2, warmup_start_lr=0.05,
                            milestones=(4,), gamma=0.5)
     if fused:
@@ -106,14 +108,14 @@ def train_fused(fused: bool, steps: int = 12, accumulate: int = 1, gradient_as_b
         with Join([ddp]):
             for i in range(steps + rank):
                 opt.zero_grad()
-                (ddp(torch.randn(8, 16, generator=g)) ** 2).mean().backward()
+                (ddp(torch.randn(8, 16, generator=g).to(device)) ** 2).mean().backward()
                 opt.step()
                 sched.step()
-        return [p.detach().clone() for p in model.parameters()], error
+        return [p.detach().cpu() for p in model.parameters()], error
     for i in range(steps):
         opt.zero_grad()
         for j in range(accumulate):
-            x = torch.randn(8, 16, generator=g)
+            x = torch.randn(8, 16, generator=g).to(device)
             if j < accumulate - 1:
                 with ddp.no_sync():
                     (ddp(x) ** 2).mean().backward()
@@ -127,7 +129,7 @@ def train_fused(fused: bool, steps: int = 12, accumulate: int = 1, gradient_as_b
             error = str(e)
             break
         sched.step()
-    return [p.detach().clone() for p in model.parameters()], error
+    return [p.detach().cpu() for p in model.parameters()], error
 
 
 def _steps(ddp, opt, gen, n, after=()):

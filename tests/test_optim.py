@@ -341,7 +341,8 @@ def test_params_without_grad_and_closure():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("opts", [(1e-4, 0.9, 0.0, False, False), (1e-2, 0.9, 0.0, True, True),
                                   (0.0, 0.9, 0.3, False, False), (1e-3, 0.0, 0.0, False, False)], ids=_opts_id)
-def test_cuda_matches_torch_fused(dtype, opts):
+@pytest.mark.parametrize("path", ["torch", "kernel"])
+def test_cuda_matches_torch_fused(dtype, opts, path):
     assert _C.with_cuda, "fastallreduce was built without CUDA on a machine that has a GPU"
     wd, m, d, nest, maxi = opts
     gen = torch.Generator().manual_seed(2)
@@ -350,7 +351,7 @@ def test_cuda_matches_torch_fused(dtype, opts):
     our_ps = [p.clone() for p in ref_ps]
     kw = dict(lr=LRS[0], momentum=m, dampening=d, weight_decay=wd, nesterov=nest, maximize=maxi)
     ref = torch.optim.SGD(ref_ps, fused=True, **kw)
-    ours = SGD(our_ps, **kw)
+    ours = SGD(our_ps, cuda_sgd=path, **kw)
     tol = {torch.float32: 1e-6, torch.float64: 1e-14, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     for _ in _run_pair(ref, ours, ref_ps, our_ps, gen):
         torch.cuda.synchronize()
@@ -364,14 +365,16 @@ def test_cuda_matches_torch_fused(dtype, opts):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("correction", [True, False])
-def test_cuda_paper_form_matches_cpu_kernel(correction):
-    """The CUDA kernel's lr-in-momentum form, with and without correction, against the CPU one."""
+@pytest.mark.parametrize("path", ["torch", "kernel"])
+def test_cuda_paper_form_matches_cpu_kernel(correction, path):
+    """The CUDA lr-in-momentum form (our kernel, or the default foreach operations), with and
+    without correction, against the CPU kernel."""
     gen = torch.Generator().manual_seed(8)
     cpu_ps = [torch.randn(n, generator=gen) for n in (33, 70000, 300001)]
     gpu_ps = [p.cuda() for p in cpu_ps]
     kw = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True, lr_in_momentum=True,
               momentum_correction=correction)
-    cpu, gpu = SGD(cpu_ps, **kw), SGD(gpu_ps, **kw)
+    cpu, gpu = SGD(cpu_ps, **kw), SGD(gpu_ps, cuda_sgd=path, **kw)
     for lr in LRS:
         for p, q in zip(cpu_ps, gpu_ps):
             p.grad = torch.randn(p.shape, generator=gen)

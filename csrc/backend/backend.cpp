@@ -100,17 +100,20 @@ int64_t total_numel(const std::vector<at::Tensor>& ts) {
 }
 
 at::ScalarType dtype_of(const std::vector<at::Tensor>& ts) { return ts.empty() ? at::kByte : ts[0].scalar_type(); }
+c10::DeviceType device_of(const std::vector<at::Tensor>& ts) { return ts.empty() ? c10::kCPU : ts[0].device().type(); }
 
 }  // namespace
 
 FastAllreduceBackend::FastAllreduceBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                                            std::chrono::milliseconds timeout, Algo algo,
-                                           const BackendFactory& make_backend, const std::string& local_error)
+                                           const BackendFactory& make_backend, const std::string& local_error,
+                                           BackendFactory make_nccl)
     : c10d::Backend(rank, size), options_(c10::make_intrusive<Options>("fastallreduce", timeout)), algo_(algo) {
   CommOptions o;
   o.config.timeout_ms = std::min<int64_t>(timeout.count(), kMaxTimeoutMs);
   o.name = "backend";
   o.make_backend = make_backend;
+  o.make_nccl = std::move(make_nccl);
   o.config.local_error = local_error;
   try {
     engine_ = std::shared_ptr<Communicator>(
@@ -178,15 +181,21 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_run(Collective c, c1
                                          title, std::move(outputs));
 }
 
-c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::run_delegated(const Delegated& d,
-                                                              const std::function<c10::intrusive_ptr<c10d::Work>()>& fn) {
+c10d::Backend& FastAllreduceBackend::backend_for(c10::DeviceType device) {
+  // CUDA tensors go to the engine's NCCL group (made at the first CUDA call), the rest to Gloo.
+  return device == c10::kCUDA ? *engine_->nccl() : *gloo_;
+}
+
+c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::run_delegated(const Delegated& d, const Delegate& fn) {
+  c10d::Backend* b = nullptr;
   try {
     engine_->check_delegated(d);
+    b = &backend_for(d.device);
   } catch (...) {
     rethrow_as_dist_error();
   }
   delegated_ops_.fetch_add(1, std::memory_order_relaxed);
-  return track(fn());
+  return track(fn(*b));
 }
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce(std::vector<at::Tensor>& tensors,
@@ -197,9 +206,11 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce(std::vector<at::T
     to_redop(opts.reduceOp, &c.op);
     return engine_run(std::move(c), c10d::OpType::ALLREDUCE, nullptr, !opts.asyncOp, {tensors[0]});
   }
-  if (opts.reduceOp == c10d::ReduceOp::AVG && tensors.size() == 1) {
-    // Gloo has no AVG: say what is wrong rather than Gloo's generic refusal, on every rank.
-    const at::Tensor& t = tensors[0];
+  const at::Tensor* avg = opts.reduceOp == c10d::ReduceOp::AVG && tensors.size() == 1 ? &tensors[0] : nullptr;
+  if (avg && (avg->device().is_cpu() || !at::isFloatingType(avg->scalar_type()))) {
+    // Gloo has no AVG (NCCL has, for floating dtypes): say what is wrong rather than Gloo's
+    // generic refusal, on every rank.
+    const at::Tensor& t = *avg;
     const bool integral = !at::isFloatingType(t.scalar_type()) && !at::isComplexType(t.scalar_type());
     const std::string what = integral ? std::string("fastallreduce: ReduceOp.AVG needs a floating dtype, got ") +
                                             c10::toString(t.scalar_type()) +
@@ -213,8 +224,9 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce(std::vector<at::T
       rethrow_as_dist_error();
     }
   }
-  Delegated d{Kind::kAllreduce, header_op(opts.reduceOp), 0, dtype_of(tensors), total_numel(tensors)};
-  return run_delegated(d, [&] { return gloo_->allreduce(tensors, opts); });
+  Delegated d{Kind::kAllreduce, header_op(opts.reduceOp), 0, dtype_of(tensors), total_numel(tensors),
+              device_of(tensors)};
+  return run_delegated(d, [&](c10d::Backend& b) { return b.allreduce(tensors, opts); });
 }
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::barrier(const c10d::BarrierOptions& opts) {
@@ -280,8 +292,9 @@ void FastAllreduceBackend::abort() {
 
 // A call the engine does not run: its header (logical kind, op, root, dtype, count) is checked
 // across ranks on the engine first, then Gloo runs it.
-#define FAR_DELEGATE(KIND, OP, ROOT, DTYPE, COUNT, CALL) \
-  return run_delegated(Delegated{KIND, OP, ROOT, DTYPE, COUNT}, [&] { return gloo_->CALL; })
+#define FAR_DELEGATE(KIND, OP, ROOT, DTYPE, COUNT, DEVICE, CALL)            \
+  return run_delegated(Delegated{KIND, OP, ROOT, DTYPE, COUNT, DEVICE}, \
+                       [&](c10d::Backend& b) { return b.CALL; })
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::broadcast(std::vector<at::Tensor>& tensors,
                                                                const c10d::BroadcastOptions& opts) {
@@ -293,23 +306,23 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::broadcast(std::vector<at::T
     return engine_run(std::move(c), c10d::OpType::BROADCAST, nullptr, !opts.asyncOp, {tensors[0]});
   }
   FAR_DELEGATE(Kind::kBroadcast, RedOp::kSum, static_cast<int>(opts.rootRank), dtype_of(tensors), total_numel(tensors),
-               broadcast(tensors, opts));
+               device_of(tensors), broadcast(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce_sparse(std::vector<at::Tensor>& tensors,
                                                                       const c10d::AllreduceOptions& opts) {
   // Sparse tensors: ranks hold different numbers of values, so only the kind, op and dtype agree.
-  FAR_DELEGATE(Kind::kAllreduce, header_op(opts.reduceOp), 0, dtype_of(tensors), 0,
+  FAR_DELEGATE(Kind::kAllreduce, header_op(opts.reduceOp), 0, dtype_of(tensors), 0, device_of(tensors),
                allreduce_sparse(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce_coalesced(
     std::vector<at::Tensor>& tensors, const c10d::AllreduceCoalescedOptions& opts) {
   FAR_DELEGATE(Kind::kCoalesced, header_op(opts.reduceOp), 0, dtype_of(tensors), total_numel(tensors),
-               allreduce_coalesced(tensors, opts));
+               device_of(tensors), allreduce_coalesced(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce(std::vector<at::Tensor>& tensors,
                                                             const c10d::ReduceOptions& opts) {
   FAR_DELEGATE(Kind::kReduce, header_op(opts.reduceOp), static_cast<int>(opts.rootRank), dtype_of(tensors),
-               total_numel(tensors), reduce(tensors, opts));
+               total_numel(tensors), device_of(tensors), reduce(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_allgather(at::Tensor& output, at::Tensor& input,
                                                                       c10d::OpType type, bool sync) {
@@ -340,57 +353,58 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather(std::vector<std::
     };
     return engine_run(std::move(c), c10d::OpType::ALLGATHER, nullptr, !opts.asyncOp, outputs[0], finish);
   }
-  FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs), allgather(outputs, inputs, opts));
+  FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs), device_of(inputs),
+               allgather(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_gather_single(at::Tensor& output, at::Tensor& input,
                                                                        const c10d::AllgatherOptions& opts) {
   if (auto w = engine_allgather(output, input, c10d::OpType::_ALLGATHER_BASE, !opts.asyncOp)) return w;
-  FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, input.scalar_type(), input.numel(),
+  FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, input.scalar_type(), input.numel(), input.device().type(),
                all_gather_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::_allgather_base(at::Tensor& output, at::Tensor& input,
                                                                      const c10d::AllgatherOptions& opts) {
   if (auto w = engine_allgather(output, input, c10d::OpType::_ALLGATHER_BASE, !opts.asyncOp)) return w;
-  FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, input.scalar_type(), input.numel(),
+  FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, input.scalar_type(), input.numel(), input.device().type(),
                all_gather_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather_coalesced(
     std::vector<std::vector<at::Tensor>>& outputs, std::vector<at::Tensor>& inputs,
     const c10d::AllgatherOptions& opts) {
-  FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs),
+  FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs), device_of(inputs),
                allgather_coalesced(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_gather_single_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::AllgatherOptions& opts) {
-  FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs),
+  FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs), device_of(inputs),
                all_gather_single_coalesced(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather_into_tensor_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::AllgatherOptions& opts) {
-  FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs),
+  FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs), device_of(inputs),
                all_gather_single_coalesced(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather(std::vector<std::vector<at::Tensor>>& outputs,
                                                             std::vector<at::Tensor>& inputs,
                                                             const c10d::GatherOptions& opts) {
   FAR_DELEGATE(Kind::kGather, RedOp::kSum, static_cast<int>(opts.rootRank), dtype_of(inputs), total_numel(inputs),
-               gather(outputs, inputs, opts));
+               device_of(inputs), gather(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather_single(at::Tensor& output, at::Tensor& input,
                                                                    const c10d::GatherOptions& opts) {
   FAR_DELEGATE(Kind::kGather, RedOp::kSum, static_cast<int>(opts.rootRank), input.scalar_type(), input.numel(),
-               gather_single(output, input, opts));
+               input.device().type(), gather_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather_into_tensor(at::Tensor& output, at::Tensor& input,
                                                                         const c10d::GatherOptions& opts) {
   FAR_DELEGATE(Kind::kGather, RedOp::kSum, static_cast<int>(opts.rootRank), input.scalar_type(), input.numel(),
-               gather_single(output, input, opts));
+               input.device().type(), gather_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::scatter(std::vector<at::Tensor>& outputs,
                                                              std::vector<std::vector<at::Tensor>>& inputs,
                                                              const c10d::ScatterOptions& opts) {
   FAR_DELEGATE(Kind::kScatter, RedOp::kSum, static_cast<int>(opts.rootRank), dtype_of(outputs), total_numel(outputs),
-               scatter(outputs, inputs, opts));
+               device_of(outputs), scatter(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_reduce_scatter(at::Tensor& output, at::Tensor& input,
                                                                            c10d::OpType type,
@@ -418,65 +432,72 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter(std::vector<
     return engine_reduce_scatter(outputs[0], flat, c10d::OpType::REDUCE_SCATTER, opts);
   }
   FAR_DELEGATE(Kind::kReduceScatter, header_op(opts.reduceOp), 0, dtype_of(outputs), total_numel(outputs),
-               reduce_scatter(outputs, inputs, opts));
+               device_of(outputs), reduce_scatter(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_single(at::Tensor& output, at::Tensor& input,
                                                                            const c10d::ReduceScatterOptions& opts) {
   if (auto w = engine_reduce_scatter(output, input, c10d::OpType::_REDUCE_SCATTER_BASE, opts)) return w;
   FAR_DELEGATE(Kind::kReduceScatter, header_op(opts.reduceOp), 0, output.scalar_type(), output.numel(),
-               reduce_scatter_single(output, input, opts));
+               output.device().type(), reduce_scatter_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::_reduce_scatter_base(at::Tensor& output, at::Tensor& input,
                                                                           const c10d::ReduceScatterOptions& opts) {
   if (auto w = engine_reduce_scatter(output, input, c10d::OpType::_REDUCE_SCATTER_BASE, opts)) return w;
   FAR_DELEGATE(Kind::kReduceScatter, header_op(opts.reduceOp), 0, output.scalar_type(), output.numel(),
-               reduce_scatter_single(output, input, opts));
+               output.device().type(), reduce_scatter_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_single_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::ReduceScatterOptions& opts) {
   FAR_DELEGATE(Kind::kCoalesced, header_op(opts.reduceOp), 0, dtype_of(outputs), total_numel(outputs),
-               reduce_scatter_single_coalesced(outputs, inputs, opts));
+               device_of(outputs), reduce_scatter_single_coalesced(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_tensor_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::ReduceScatterOptions& opts) {
   FAR_DELEGATE(Kind::kCoalesced, header_op(opts.reduceOp), 0, dtype_of(outputs), total_numel(outputs),
-               reduce_scatter_single_coalesced(outputs, inputs, opts));
+               device_of(outputs), reduce_scatter_single_coalesced(outputs, inputs, opts));
 }
 // all_to_all: ranks may split differently, so the element count is not compared.
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_to_all_single(at::Tensor& output, at::Tensor& input,
                                                                        std::vector<int64_t>& output_splits,
                                                                        std::vector<int64_t>& input_splits,
                                                                        const c10d::AllToAllOptions& opts) {
-  FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, input.scalar_type(), 0,
+  FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, input.scalar_type(), 0, input.device().type(),
                all_to_all_single(output, input, output_splits, input_splits, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::alltoall_base(at::Tensor& output, at::Tensor& input,
                                                                    std::vector<int64_t>& output_splits,
                                                                    std::vector<int64_t>& input_splits,
                                                                    const c10d::AllToAllOptions& opts) {
-  FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, input.scalar_type(), 0,
+  FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, input.scalar_type(), 0, input.device().type(),
                all_to_all_single(output, input, output_splits, input_splits, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::alltoall(std::vector<at::Tensor>& outputs,
                                                               std::vector<at::Tensor>& inputs,
                                                               const c10d::AllToAllOptions& opts) {
-  FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, dtype_of(inputs), 0, alltoall(outputs, inputs, opts));
-}
+  FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, dtype_of(inputs), 0, device_of(inputs), alltoall(outputs, inputs,
+               opts)); }
 
 #undef FAR_DELEGATE
 
 // Point-to-point calls involve two ranks only: there is no collective header to compare.
+c10d::Backend& FastAllreduceBackend::p2p_backend(const std::vector<at::Tensor>& tensors) {
+  try {
+    return backend_for(device_of(tensors));
+  } catch (...) {
+    rethrow_as_dist_error();
+  }
+}
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::send(std::vector<at::Tensor>& tensors, int dst, int tag) {
   delegated_ops_.fetch_add(1, std::memory_order_relaxed);
-  return track(gloo_->send(tensors, dst, tag));
+  return track(p2p_backend(tensors).send(tensors, dst, tag));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::recv(std::vector<at::Tensor>& tensors, int src, int tag) {
   delegated_ops_.fetch_add(1, std::memory_order_relaxed);
-  return track(gloo_->recv(tensors, src, tag));
+  return track(p2p_backend(tensors).recv(tensors, src, tag));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::recvAnysource(std::vector<at::Tensor>& tensors, int tag) {
   delegated_ops_.fetch_add(1, std::memory_order_relaxed);
-  return track(gloo_->recvAnysource(tensors, tag));
+  return track(p2p_backend(tensors).recvAnysource(tensors, tag));
 }
 
 void FastAllreduceBackend::monitoredBarrier(const c10d::BarrierOptions& opts, bool wait_all_ranks) {

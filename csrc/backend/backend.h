@@ -1,8 +1,9 @@
 // fastallreduce as a torch.distributed backend: a c10d::Backend whose collectives enter the
 // engine's front door. Allreduce (and, with every rank on one host, broadcast, allgather and
 // reduce_scatter) of tensors the engine takes run on it; every other collective is delegated to
-// a Gloo backend built on the same store, after the engine has checked its header across ranks,
-// so that a call one rank delegates and another runs on the engine is a MismatchError on both.
+// a Gloo backend built on the same store (CUDA tensors: to the engine's NCCL group), after the
+// engine has checked its header across ranks, so that a call one rank delegates and another
+// runs on the engine is a MismatchError on both.
 #pragma once
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 
@@ -23,7 +24,7 @@ class FastAllreduceBackend : public c10d::Backend {
   // `algo` is the engine algorithm of every allreduce (kAuto: the cost model).
   FastAllreduceBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                        std::chrono::milliseconds timeout, Algo algo, const BackendFactory& make_backend,
-                       const std::string& local_error = "");
+                       const std::string& local_error = "", BackendFactory make_nccl = {});
   ~FastAllreduceBackend() override;
 
   const std::string getBackendName() const override { return "fastallreduce"; }
@@ -116,8 +117,12 @@ class FastAllreduceBackend : public c10d::Backend {
   // Whether the engine takes a collective of `kind` on `t` with `op` (from what every rank
   // shares: device, layout, dtype, op, topology; never contiguity).
   bool engine_takes(Kind kind, const at::Tensor& t, const c10d::ReduceOp& op) const;
-  // Checks `d` across ranks on the engine, then runs `fn` (Gloo).
-  c10::intrusive_ptr<c10d::Work> run_delegated(const Delegated& d, const std::function<c10::intrusive_ptr<c10d::Work>()>& fn);
+  using Delegate = std::function<c10::intrusive_ptr<c10d::Work>(c10d::Backend&)>;
+  // Checks `d` across ranks on the engine, then runs `fn` on backend_for(d.device).
+  c10::intrusive_ptr<c10d::Work> run_delegated(const Delegated& d, const Delegate& fn);
+  // Gloo for CPU tensors; the engine's NCCL group (made at the first CUDA call) for CUDA ones.
+  c10d::Backend& backend_for(c10::DeviceType device);
+  c10d::Backend& p2p_backend(const std::vector<at::Tensor>& tensors);
   // The engine paths of the allgather / reduce_scatter entry points; null when not eligible.
   c10::intrusive_ptr<c10d::Work> engine_allgather(at::Tensor& output, at::Tensor& input, c10d::OpType type,
                                                   bool sync);

@@ -13,21 +13,25 @@ namespace {
 void bind(py::module& m) {
   py::class_<FastAllreduceBackend, c10d::Backend, c10::intrusive_ptr<FastAllreduceBackend>>(m, "FastAllreduceBackend")
       .def(py::init([](const c10::intrusive_ptr<c10d::Store>& store, int rank, int size, int64_t timeout_ms, int algo,
-                       py::function make_backend, std::string local_error) {
+                       py::function make_backend, std::string local_error, c10::optional<py::function> make_nccl) {
              if (algo < 0 || algo >= kNumUserAlgos)
                throw py::value_error("fastallreduce: unknown algorithm code " + std::to_string(algo));
              BackendFactory f = backend_factory(std::move(make_backend));
+             BackendFactory nccl = make_nccl ? backend_factory(std::move(*make_nccl)) : BackendFactory();
              py::gil_scoped_release nogil;
              return c10::make_intrusive<FastAllreduceBackend>(store, rank, size, std::chrono::milliseconds(timeout_ms),
-                                                              static_cast<Algo>(algo), f, local_error);
+                                                              static_cast<Algo>(algo), f, local_error,
+                                                              std::move(nccl));
            }),
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout_ms"), py::arg("algorithm"),
-           py::arg("make_backend"), py::arg("local_error") = "")
+           py::arg("make_backend"), py::arg("local_error") = "", py::arg("make_nccl") = py::none())
       .def_property_readonly("engine_ops", &FastAllreduceBackend::engine_ops,
                              "Collectives this backend ran on the fastallreduce engine.")
       .def_property_readonly("delegated_ops", &FastAllreduceBackend::delegated_ops,
                              "Collectives this backend handed to its internal Gloo backend.")
       .def_property_readonly("delegate", &FastAllreduceBackend::delegate, "The internal Gloo backend.")
+      .def_property_readonly("nccl_made", [](const FastAllreduceBackend& b) { return b.engine()->nccl_made(); },
+                             "Whether the NCCL group of CUDA tensors exists yet (made at the first CUDA call).")
       .def_property_readonly("engine", [](const FastAllreduceBackend& b) { return b.engine(); }, "The engine (a _C.Communicator).");
 }
 

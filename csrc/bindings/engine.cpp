@@ -54,9 +54,11 @@ void bind(py::module& m) {
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
       .def(py::init([](c10::intrusive_ptr<c10d::Store> store, int rank, int size, py::function make_backend,
                        c10::optional<int64_t> timeout_ms, c10::optional<int64_t> chunk_bytes,
-                       c10::optional<std::string> host_id, std::string name, std::string local_error) {
+                       c10::optional<std::string> host_id, std::string name, std::string local_error,
+                       c10::optional<py::function> make_nccl) {
              CommOptions o;
              o.make_backend = backend_factory(std::move(make_backend));
+             if (make_nccl) o.make_nccl = backend_factory(std::move(*make_nccl));
              if (timeout_ms) o.config.timeout_ms = *timeout_ms;
              if (chunk_bytes) o.config.chunk_bytes = *chunk_bytes;
              if (host_id) o.host_id = *host_id;
@@ -78,7 +80,7 @@ void bind(py::module& m) {
            }),
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("make_backend"), py::arg("timeout_ms") = py::none(),
            py::arg("chunk_bytes") = py::none(), py::arg("host_id") = py::none(), py::arg("name") = "fastallreduce",
-           py::arg("local_error") = "")
+           py::arg("local_error") = "", py::arg("make_nccl") = py::none())
       .def(
           "run",
           [](Communicator& c, int kind, const at::Tensor& input, const c10::optional<at::Tensor>& output, int op,
@@ -120,6 +122,7 @@ void bind(py::module& m) {
       .def_property_readonly("uniform_hosts", [](const Communicator& c) { return c.topology().uniform; })
       .def_property_readonly("single_host", &Communicator::single_host)
       .def_property_readonly("config", [](const Communicator& c) { return config_dict(c.config()); })
+      .def_property_readonly("nccl_made", &Communicator::nccl_made)
       .def_property_readonly("aborted", &Communicator::aborted)
       .def_property_readonly("abort_reason", &Communicator::abort_reason)
       .def("check_usable", &Communicator::check_usable)

@@ -1,5 +1,6 @@
-// A Python callable (store, rank, size, timeout_ms) -> ProcessGroupGloo as the engine's
-// BackendFactory. It is called with the GIL taken, and released with the GIL.
+// A Python callable (store, rank, size, timeout_ms) -> a torch Backend (ProcessGroupGloo or
+// ProcessGroupNCCL) as the engine's BackendFactory. It is called with the GIL taken, and
+// released with the GIL.
 #pragma once
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/extension.h>

@@ -31,9 +31,9 @@ const char* kind_name(Kind k) {
 }
 
 const char* algo_name(Algo a) {
-  static const char* names[] = {"auto", "ring", "halving_doubling", "shm", "hierarchical", "delegate"};
+  static const char* names[] = {"auto", "ring", "halving_doubling", "shm", "hierarchical", "delegate", "nccl"};
   const int i = static_cast<int>(a);
-  return i <= static_cast<int>(Algo::kDelegate) ? names[i] : "?";
+  return i <= static_cast<int>(Algo::kNccl) ? names[i] : "?";
 }
 
 bool is_floating(DType t) {

@@ -20,8 +20,9 @@ constexpr int kNumKinds = 10;
 constexpr int kNumEngineKinds = 4;
 
 // How a call runs. kDelegate: the caller's own implementation (the torch backend's Gloo), after
-// the engine has checked the header across ranks.
-enum class Algo : uint8_t { kAuto, kRing, kHalvingDoubling, kShm, kHierarchical, kDelegate };
+// the engine has checked the header across ranks. kNccl: CUDA tensors, on the communicator's
+// own NCCL group (torch's ProcessGroupNCCL), after the same check over the CPU transport.
+enum class Algo : uint8_t { kAuto, kRing, kHalvingDoubling, kShm, kHierarchical, kDelegate, kNccl };
 constexpr int kNumUserAlgos = 5;  // kAuto .. kHierarchical can be requested
 
 size_t dtype_size(DType t);

@@ -1,6 +1,9 @@
 // What enters the engine's front door, and what the front door makes of it.
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/core/Stream.h>
+
+#include <optional>
 
 #include "common/header.h"
 #include "common/types.h"
@@ -29,6 +32,7 @@ struct Delegated {
   int root = 0;
   at::ScalarType dtype = at::kByte;
   int64_t count = 0;
+  c10::DeviceType device = c10::kCPU;
 };
 
 // A validated call, as the engine runs it: contiguous tensors the kernels take.
@@ -40,6 +44,8 @@ struct Call {
   at::Tensor in, out;
   at::Tensor copy_back;     // staged output: copied into this after the op (undefined: none)
   Header header;            // without seq and rank
+  // CUDA: the caller's current stream at the call; the op is ordered after its queued work.
+  std::optional<c10::Stream> stream;
   // What the caller gets back: its own tensor when the output was staged.
   const at::Tensor& result() const { return copy_back.defined() ? copy_back : out; }
 };

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <sstream>
 
+#include <c10/core/StreamGuard.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 
 #include "common/errors.h"
@@ -66,6 +67,9 @@ Communicator::Communicator(c10::intrusive_ptr<c10d::Store> store, int rank, int 
                                       timeout);
   }
   opts_.make_backend = nullptr;  // the factory may hold interpreter objects: drop it now
+  make_nccl_ = std::move(opts_.make_nccl);  // kept until the first CUDA call or close()
+  opts_.make_nccl = nullptr;
+  cuda_ok_ = static_cast<bool>(make_nccl_);
   worker_ = std::make_unique<std::thread>([this, q = q_] { worker_loop(q); });
   worker_id_ = worker_->get_id();
   watchdog_ = std::make_unique<std::thread>([this] { watchdog_loop(); });
@@ -86,6 +90,8 @@ Communicator::~Communicator() {
     (void)shm_.release();
     (void)pg_.release();
     (void)cross_pg_.release();
+    (void)nccl_.release();
+    (void)new BackendFactory(std::move(make_nccl_));  // holds a Python object: leaked, like the rest
     (void)store_.release();
     return;
   }
@@ -131,7 +137,8 @@ std::string Communicator::abort_reason() const {
 bool Communicator::supports(Algo a) const {
   switch (a) {
     case Algo::kShm: return single_host();
-    case Algo::kDelegate: return false;
+    case Algo::kDelegate:
+    case Algo::kNccl: return false;  // chosen by the engine, never requested
     default: return true;  // hierarchical runs flat where it cannot run hierarchically
   }
 }
@@ -179,6 +186,7 @@ void Communicator::check_delegated(const Delegated& d) {
   call.header.dtype = static_cast<uint8_t>(d.dtype);
   call.header.count = static_cast<uint64_t>(std::max<int64_t>(0, d.count));
   call.header.algo = static_cast<uint8_t>(Algo::kDelegate);
+  call.header.device = static_cast<uint8_t>(d.device);
   submit(std::move(call), /*sync=*/true);
 }
 
@@ -208,7 +216,7 @@ Communicator::FuturePtr Communicator::submit(Call call, bool sync) {
   if (sync && q.tasks.empty() && !q.busy) {
     // FIFO holds: nothing is queued or running, so this op is next. Run it here.
     q.busy = true;
-    Task t{std::move(call), next_seq_++, {}};
+    Task t{std::move(call), next_seq_++, {}, true, {}};
     lk.unlock();
     std::exception_ptr err = execute(t);
     t = Task{};
@@ -221,8 +229,11 @@ Communicator::FuturePtr Communicator::submit(Call call, bool sync) {
     if (err) std::rethrow_exception(err);
     return {};
   }
-  auto fut = c10::make_intrusive<c10::ivalue::Future>(c10::TensorType::get());
-  q.tasks.push_back(Task{std::move(call), next_seq_++, fut});
+  // A CUDA call's future is CUDA-aware (its events order the caller's use of the result).
+  std::vector<c10::Device> devices;
+  if (!sync && call.stream) devices.push_back(call.stream->device());
+  auto fut = c10::make_intrusive<c10::ivalue::Future>(c10::TensorType::get(), std::move(devices));
+  q.tasks.push_back(Task{std::move(call), next_seq_++, fut, sync, {}});
   q.cv.notify_all();
   lk.unlock();
   if (!sync) return fut;
@@ -241,6 +252,20 @@ void Communicator::complete(Task& t, std::exception_ptr err) {
   if (!t.fut) return;
   // Callbacks run here, after the op has left the watchdog's accounting (a slow callback is
   // not the collective's time) and outside the queue lock (a callback may issue collectives).
+  if (t.after && !err) {
+    // A CUDA call: complete when NCCL's future does. Its callback runs on a stream that waits
+    // for the NCCL kernels, so the events our future records come after them, and the caller's
+    // stream is never made to wait (torch's Future::then does the same).
+    t.after->addCallback([fut = t.fut, result = t.call.result()](c10::ivalue::Future& f) {
+      if (f.hasError())
+        fut->setError(f.exception_ptr());
+      else
+        fut->markCompleted(c10::IValue(result));
+    });
+    return;
+  }
+  // A CUDA call already ordered on the caller's stream records its events there.
+  c10::OptionalStreamGuard guard(t.call.stream);
   if (err)
     t.fut->setError(err);
   else
@@ -293,6 +318,18 @@ void Communicator::abort(const std::string& reason) {
   if (g_fork_generation.load() != fork_generation_) return;
   publish_abort("fault|fastallreduce: rank " + std::to_string(rank_) + " aborted: " + reason);
   interrupt_transports();
+  // NCCL kernels waiting for a peer never return by themselves: abort the group (torch's way).
+  c10::intrusive_ptr<c10d::Backend> nccl;
+  {
+    std::lock_guard<std::mutex> lk(nccl_mu_);
+    nccl = nccl_;
+  }
+  if (nccl) {
+    try {
+      nccl->abort();
+    } catch (const std::exception&) {  // already torn down
+    }
+  }
 }
 
 void Communicator::close() {
@@ -316,6 +353,20 @@ void Communicator::close() {
     wd_cv_.notify_all();
   }
   if (watchdog_ && watchdog_->joinable()) watchdog_->join();
+  // As torch's destroy_process_group does for its groups; the factory holds a Python function.
+  c10::intrusive_ptr<c10d::Backend> nccl;
+  BackendFactory factory;
+  {
+    std::lock_guard<std::mutex> lk(nccl_mu_);
+    nccl.swap(nccl_);
+    factory.swap(make_nccl_);
+  }
+  if (nccl) {
+    try {
+      nccl->shutdown();
+    } catch (const std::exception&) {  // already failed: nothing left to release cleanly
+    }
+  }
 }
 
 }  // namespace far

@@ -34,6 +34,9 @@ struct CommOptions {
   std::optional<std::string> host_id;  // replaces this process's host identity (simulated hosts)
   std::string name = "fastallreduce";  // logs and shared-memory segment names
   BackendFactory make_backend;         // the point-to-point transport's Gloo backends
+  // The NCCL group of CUDA tensors, made at the first CUDA call (unset: CUDA tensors raise
+  // NotImplementedError). Construction never touches it, so a CUDA build without a GPU works.
+  BackendFactory make_nccl;
 };
 
 class Communicator {
@@ -69,6 +72,11 @@ class Communicator {
 
   // The algorithm `auto` resolves to for this many bytes (identical on every rank).
   Algo choose(size_t bytes) const;
+  // The NCCL group over these ranks, made at its first use: collective, so called only at a CUDA
+  // call every rank makes (after its header check). NotImplementedError without a factory.
+  c10::intrusive_ptr<c10d::Backend> nccl();
+  bool nccl_made() const;
+
   // Whether an explicitly requested algorithm can run on this topology.
   bool supports(Algo a) const;
   // Whether every rank shares this host's memory (the shared-memory paths of every kind).
@@ -95,6 +103,9 @@ class Communicator {
     Call call;
     uint64_t seq = 0;
     FuturePtr fut;  // null: a synchronous call
+    bool sync = false;
+    // A CUDA call returning at once: fut completes from this (the NCCL Work's CUDA-aware future).
+    FuturePtr after;
   };
   // Queue state the worker thread shares: it outlives the Communicator when the last reference
   // drops inside a future callback on the worker thread itself.
@@ -122,6 +133,11 @@ class Communicator {
   void run_allreduce(const Call& c, const Header& h, bool header_checked);
   void run_gather_family(const Call& c, const Header& h);
   void run_fallback(const Call& c, const Header& h);
+  // The header check alone, over the transport the topology picks (shm on one host, else p2p).
+  void check_header_only(const Header& h);
+  // nccl_path.cpp: CUDA tensors on the NCCL group
+  void run_nccl(Task& task, const Header& h);
+  void watch_nccl(const c10::intrusive_ptr<c10d::Work>& work, const Header& h);
   void announce(const Header& h);
   ShmOptions shm_options() const;
   // The shared-memory paths' view of the op in progress (`h` must outlive it).
@@ -147,6 +163,16 @@ class Communicator {
   c10::intrusive_ptr<c10d::Backend> pg_, cross_pg_;
   std::unique_ptr<P2P> p2p_, cross_;
   std::unique_ptr<ShmGroup> shm_;
+  // The NCCL group (made lazily) and what its watchdog reported (written from torch's thread).
+  mutable std::mutex nccl_mu_;
+  BackendFactory make_nccl_;
+  bool cuda_ok_ = false;
+  c10::intrusive_ptr<c10d::Backend> nccl_;
+  struct NcclFault {
+    std::mutex mu;
+    std::string record;  // "timeout|message" once an NCCL op failed or timed out
+  };
+  std::shared_ptr<NcclFault> nccl_fault_ = std::make_shared<NcclFault>();
   std::function<void()> poll_fn_;  // [this] { poll(); }, made once for every slow wait
   Staging staging_, hdr_staging_;
   uint64_t fork_generation_;

@@ -66,8 +66,12 @@ std::exception_ptr Communicator::execute(Task& task) {
       Communicator* self;
       ~End() { self->end_op(); }
     } end{this};
-    run_call(c, h);
-    if (c.copy_back.defined()) c.copy_back.detach().copy_(c.out.view(c.copy_back.sizes()));
+    if (c.algo == Algo::kNccl) {
+      run_nccl(task, h);  // copies back itself, in stream order
+    } else {
+      run_call(c, h);
+      if (c.copy_back.defined()) c.copy_back.detach().copy_(c.out.view(c.copy_back.sizes()));
+    }
     completed_.fetch_add(1);
     return nullptr;
   } catch (const CommError& e) {
@@ -118,10 +122,7 @@ void Communicator::run_call(const Call& c, const Header& h) {
   }
   if (single_host()) {
     const bool shm_path = on_shm(c.algo);
-    if (!shm_path) {
-      ShmContext ctx = shm_context(h);
-      shm_header_only(ctx);
-    }
+    if (!shm_path) check_header_only(h);
     if (c.algo == Algo::kDelegate) return;
     if (c.kind != Kind::kAllreduce) return run_gather_family(c, h);
     return run_allreduce(c, h, /*header_checked=*/!shm_path);
@@ -205,6 +206,15 @@ void Communicator::run_fallback(const Call& c, const Header& h) {
     case Kind::kBroadcast: c.out.reshape({-1}).view(at::kByte).copy_(inner.out); break;
     case Kind::kAllgather: c.out.reshape({-1}).view(at::kByte).copy_(inner.out); break;
     default: c.out.reshape({-1}).copy_(inner.out.narrow(0, rank_ * c.out.numel(), c.out.numel())); break;
+  }
+}
+
+void Communicator::check_header_only(const Header& h) {
+  if (single_host()) {
+    ShmContext ctx = shm_context(h);
+    shm_header_only(ctx);
+  } else {
+    check_header(*p2p_, h);
   }
 }
 

@@ -4,6 +4,8 @@
 #include <optional>
 #include <string>
 
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
 #include "common/aten.h"
 #include "common/errors.h"
 #include "engine/communicator.h"
@@ -13,12 +15,15 @@ namespace {
 
 std::string str(const at::Tensor& t) { return c10::toString(t.scalar_type()); }
 
-void check_tensor(const at::Tensor& t, const char* what) {
+void check_tensor(const at::Tensor& t, const char* what, bool cuda_ok) {
   if (!t.defined()) throw type_error(std::string("fastallreduce: ") + what + " is not a tensor");
   if (t.layout() != at::kStrided)
     throw type_error(std::string("fastallreduce: sparse / non-strided tensors are not supported (") + what +
                      " has layout " + c10::str(t.layout()) + ")");
-  if (!t.device().is_cpu())
+  if (t.device().is_cuda() && !cuda_ok)
+    throw not_implemented(std::string("fastallreduce: no CUDA path for the ") + what +
+                          ": this torch has no NCCL (torch.distributed.is_nccl_available() is False)");
+  if (!t.device().is_cpu() && !t.device().is_cuda())
     throw not_implemented("fastallreduce: no " + std::string(what) + " path for device " + t.device().str() +
                           " in this build");
 }
@@ -70,23 +75,28 @@ Call Communicator::prepare(const Collective& c) const {
   const Kind k = c.kind;
   const bool reducing = k == Kind::kAllreduce || k == Kind::kReduceScatter;
   const RedOp op = reducing ? c.op : RedOp::kSum;  // gathers and broadcasts copy
-  check_tensor(c.input, k == Kind::kBroadcast ? "broadcast" : "input");
+  check_tensor(c.input, k == Kind::kBroadcast ? "broadcast" : "input", cuda_ok_);
   check_dtype(c.input, k, op);
   const bool in_place = k == Kind::kBroadcast || !c.output.defined() || c.output.is_same(c.input);
   if (!in_place) {
-    check_tensor(c.output, "output");
+    check_tensor(c.output, "output", cuda_ok_);
+    if (c.output.device() != c.input.device())
+      throw value_error("fastallreduce: output is on " + c.output.device().str() + ", input on " +
+                        c.input.device().str());
     if (c.output.scalar_type() != c.input.scalar_type())
       throw type_error("fastallreduce: output has dtype " + str(c.output) + ", input has " + str(c.input));
     if (overlap(c.input, c.output))
       throw value_error(std::string("fastallreduce: ") + kind_name(k) + " input and output overlap");
   }
+  // CUDA tensors always run on NCCL: `algorithm` names a CPU path.
+  const bool cuda = c.input.device().is_cuda();
   const int64_t n = size_, in_n = c.input.numel(), out_n = in_place ? in_n : c.output.numel();
   switch (k) {
     case Kind::kAllreduce:
       if (!in_place && c.output.sizes() != c.input.sizes())
         throw value_error("fastallreduce: out has shape " + c10::str(c.output.sizes()) + ", tensor has " +
                           c10::str(c.input.sizes()));
-      if (!supports(c.algo))
+      if (!cuda && !supports(c.algo))
         throw value_error(std::string("fastallreduce: algorithm=") + algo_name(c.algo) +
                           " cannot run on this topology (shm needs every rank on one host)");
       break;
@@ -123,7 +133,12 @@ Call Communicator::prepare(const Collective& c) const {
   }
   // The path, from what every rank shares.
   const size_t bytes = static_cast<size_t>(call.out.numel()) * call.out.element_size();
-  if (k == Kind::kAllreduce) {
+  if (cuda) {
+    call.algo = Algo::kNccl;
+    // The caller's current stream: NCCL's work is ordered after what it has queued.
+    const c10::Device dev = c.input.device();
+    call.stream = c10::impl::getDeviceGuardImpl(dev.type())->getStream(dev);
+  } else if (k == Kind::kAllreduce) {
     Algo a = c.algo == Algo::kAuto ? choose(bytes) : c.algo;
     if (a == Algo::kHierarchical && !(shm_ && topo_.uniform && cross_)) a = choose_flat(bytes);
     call.algo = a;

@@ -1,4 +1,4 @@
-"""SGD with momentum as one fused multi-tensor kernel (CPU: vectorised, threaded; CUDA: few launches).
+"""SGD with momentum as one fused multi-tensor kernel (CPU: vectorised, threaded; CUDA: see below).
 
 ``fastallreduce.optim.SGD`` is a drop-in replacement for ``torch.optim.SGD``: same constructor,
 same validation, same ``state_dict`` (so checkpoints move both ways). On CPU its float32/float64
@@ -15,6 +15,11 @@ It can also keep the learning rate inside the momentum buffer, as Goyal et al. (
 with their *momentum correction* (u is scaled by lr_new / lr_old when the lr changes), which
 makes it equivalent to torch's form ``v = m * v + g; w = w - lr * v``. Select it with
 ``lr_in_momentum=True``.
+
+On CUDA the default is torch's own implementation (torch's fused SGD kernel for torch's form,
+foreach operations for the lr-in-momentum form), whose correctness is established; our CUDA
+kernel is selected with ``FASTALLREDUCE_CUDA_SGD=kernel`` or ``SGD(cuda_sgd="kernel")`` (see
+:mod:`fastallreduce.optim.cuda`).
 """
 
 import weakref
@@ -26,10 +31,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .. import _C
+from .cuda import cuda_sgd_path, kernel_step, torch_fused_step
 
 __all__ = ["SGD"]
 
-_HAS_CUDA = hasattr(_C, "sgd_step_cuda")
 # State key (never saved) that marks a buffer as holding u = lr * v and names the lr it holds.
 _BUF_LR = "momentum_buffer_lr"
 _fma_cache: list[bool] = []
@@ -51,6 +56,10 @@ def _new_buffer(p: Tensor) -> Tensor:
     if buf.device.type == "cpu" and buf.nbytes >= _HUGE_PAGE_MIN_BYTES:
         _C.advise_huge_pages(buf)
     return buf
+
+
+def _pick(xs: list, idx: list[int]) -> list:
+    return [xs[i] for i in idx] if xs else xs
 
 
 def _scalar(x: float | Tensor) -> float:
@@ -78,6 +87,8 @@ class SGD(Optimizer):
             buffer carries the old lr into the new one, as plain lr-in-momentum SGD does.
         num_threads: CPU threads for the kernel; default ``torch.get_num_threads()`` at each step.
             The result does not depend on it.
+        cuda_sgd: the path of CUDA tensors, ``"torch"`` or ``"kernel"`` (default: the
+            ``FASTALLREDUCE_CUDA_SGD`` environment variable, else ``"torch"``; see the module doc).
 
     ``state_dict()`` always holds torch's ``momentum_buffer`` (v), so it loads into
     ``torch.optim.SGD`` and back. In the lr-in-momentum form it saves v = u / lr_old (with
@@ -106,6 +117,7 @@ class SGD(Optimizer):
         lr_in_momentum: bool = False,
         momentum_correction: bool = True,
         num_threads: int | None = None,
+        cuda_sgd: str | None = None,
     ) -> None:
         # Validation and messages as torch.optim.SGD.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -142,6 +154,7 @@ class SGD(Optimizer):
         if differentiable:
             raise RuntimeError("fastallreduce.optim.SGD does not support `differentiable`; use torch.optim.SGD")
         self.num_threads = num_threads
+        self.cuda_sgd = cuda_sgd_path(cuda_sgd)
         self._paper_buffers = False  # some state may hold a buffer in the lr-in-momentum form
         # Set by fastallreduce.fused while the update is fused into a DDP hook; never saved.
         self._fused_state: weakref.ref | None = None
@@ -159,6 +172,7 @@ class SGD(Optimizer):
             group.setdefault("lr_in_momentum", self.defaults.get("lr_in_momentum", False))
             group.setdefault("momentum_correction", self.defaults.get("momentum_correction", True))
         self.__dict__.setdefault("num_threads", None)
+        self.__dict__.setdefault("cuda_sgd", cuda_sgd_path())
         self.__dict__.setdefault("_paper_buffers", True)
         self.__dict__.setdefault("_fused_state", None)
 
@@ -227,18 +241,28 @@ class SGD(Optimizer):
 
     def _update(self, params: list[Tensor], grads: list[Tensor], bufs: list, init: list[bool], args: tuple,
                 scale: float) -> None:
-        """One kernel call per device type; what no kernel takes goes through torch operations."""
+        """One multi-tensor call per device type; what no kernel takes goes through torch operations."""
         with torch.profiler.record_function("fastallreduce::sgd_step"):
             left = _C.sgd_step_cpu(params, grads, bufs, init, *args, scale, _aten_uses_fma(),
                                    self.num_threads or torch.get_num_threads())
-            while left and _HAS_CUDA and any(params[i].is_cuda for i in left):
-                pick = lambda xs: [xs[i] for i in left] if xs else xs  # noqa: E731
-                rest = _C.sgd_step_cuda(pick(params), pick(grads), pick(bufs), pick(init), *args, scale)
-                if len(rest) == len(left):
-                    break
-                left = [left[j] for j in rest]  # tensors on another CUDA device: next round
-        for i in left:
-            self._torch_update(params[i], grads[i], bufs[i] if bufs else None, bool(init and init[i]), scale, *args)
+            cuda = [i for i in left if params[i].is_cuda]
+            if cuda:
+                rest = self._cuda_update(_pick(params, cuda), _pick(grads, cuda), _pick(bufs, cuda),
+                                         _pick(init, cuda), args, scale)
+                left = [i for i in left if not params[i].is_cuda] + [cuda[j] for j in rest]
+            if left:
+                self._torch_update(_pick(params, left), _pick(grads, left), _pick(bufs, left), _pick(init, left),
+                                   scale, *args)
+
+    def _cuda_update(self, params: list[Tensor], grads: list[Tensor], bufs: list, init: list[bool], args: tuple,
+                     scale: float) -> list[int]:
+        """CUDA tensors on the chosen path (:mod:`fastallreduce.optim.cuda`); the positions of those
+        left to the foreach operations of :meth:`_torch_update`."""
+        if self.cuda_sgd == "kernel":
+            return kernel_step(params, grads, bufs, init, args, scale)
+        if args[-1]:  # lr-in-momentum: torch has no kernel for it; foreach operations
+            return list(range(len(params)))
+        return torch_fused_step(params, grads, bufs, init, *args[:-1])
 
     @staticmethod
     def _prepare_buffer(state: dict, buf: Tensor | None, paper: bool, lr: float, correct: bool) -> float:
@@ -259,29 +283,34 @@ class SGD(Optimizer):
         return lr / held if correct else 1.0
 
     @staticmethod
-    def _torch_update(p: Tensor, g: Tensor, buf: Tensor | None, init: bool, scale: float, lr: float,
-                      momentum: float, dampening: float, wd: float, nesterov: bool, maximize: bool,
+    def _torch_update(params: list[Tensor], grads: list[Tensor], bufs: list, init: list[bool], scale: float,
+                      lr: float, momentum: float, dampening: float, wd: float, nesterov: bool, maximize: bool,
                       paper: bool) -> None:
-        """The same update with torch operations (as torch.optim.SGD(foreach=False)), for tensors
-        no kernel takes (complex dtypes, unusual strides, other devices)."""
-        grad = g if not maximize else -g
+        """The same update with torch's multi-tensor (foreach) operations: the default CUDA path of
+        the lr-in-momentum form, and the path of tensors no kernel takes (complex dtypes, unusual
+        strides, other devices), where foreach runs per tensor exactly as torch.optim.SGD(foreach=False)."""
+        g = torch._foreach_neg(grads) if maximize else list(grads)
         if wd != 0:
-            grad = grad.add(p, alpha=wd)
+            g = torch._foreach_add(g, params, alpha=wd)
         if momentum != 0:
-            assert buf is not None
+            first = [i for i, fresh in enumerate(init) if fresh]
+            cont = [i for i, fresh in enumerate(init) if not fresh]
+            if first:  # a new buffer starts as the gradient (times lr in the paper's form)
+                start = _pick(g, first)
+                torch._foreach_copy_(_pick(bufs, first), torch._foreach_mul(start, lr) if paper else start)
+            if cont:
+                b = _pick(bufs, cont)
+                torch._foreach_mul_(b, momentum * scale)  # scale: the momentum correction (1 in torch's form)
+                torch._foreach_add_(b, _pick(g, cont), alpha=(1 - dampening) * (lr if paper else 1.0))
             if paper:
-                if init:
-                    buf.copy_(grad.mul(lr))
-                else:
-                    buf.mul_(momentum * scale).add_(grad, alpha=(1 - dampening) * lr)
-                p.sub_(grad.mul(lr).add_(buf, alpha=momentum) if nesterov else buf)
+                step = bufs
+                if nesterov:
+                    step = torch._foreach_mul(g, lr)
+                    torch._foreach_add_(step, bufs, alpha=momentum)
+                torch._foreach_sub_(params, step)
                 return
-            if init:
-                buf.copy_(grad)
-            else:
-                buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-            grad = grad.add(buf, alpha=momentum) if nesterov else buf
-        p.add_(grad, alpha=-lr)
+            g = torch._foreach_add(g, bufs, alpha=momentum) if nesterov else bufs
+        torch._foreach_add_(params, g, alpha=-lr)
 
     # ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

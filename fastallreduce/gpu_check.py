@@ -1,0 +1,165 @@
+"""The prepared GPU check: build, every GPU test, and the fused-SGD table, each step under its own
+timeout, in under 8 minutes on one bare GPU machine.
+
+    python fastallreduce/gpu_check.py            # a bare checkout: builds first (no package import)
+    python -m fastallreduce check --gpu          # the same, once the package imports
+    python -m fastallreduce check --gpu --dry-run  # lists the steps, runs none (CI runs this)
+
+Steps: the build (``pip install --no-build-isolation --no-deps -e .``); the GPU tests that one GPU
+can run (the NCCL paths at world size 1: stream ordering, the async Future, the hooks and the fused
+update on CUDA buckets, the optimizer kernels against torch's fused SGD); those that need two or
+more GPUs (the Communicator against NCCL ``dist.all_reduce`` in the same processes, DDP hook parity
+on NCCL: NCCL refuses two ranks on one GPU); and the table of fused SGD against torch's fused SGD
+on ResNet-50's parameter shapes (time, and share of the device-to-device copy bandwidth at 20
+bytes per parameter). Without a GPU every step is listed as skipped, with the reason.
+
+Only the standard library and torch are imported here, so that the check runs before the build.
+It needs, on the GPU machine, torch (CUDA build), pybind11, ninja, pytest and optionally CuPy.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The whole check's budget in seconds (the sum of the step timeouts stays below it).
+BUDGET_S = 480
+GPU_TESTS = "tests"  # every test marked `gpu` (tests/test_gpu.py, the CUDA tests of tests/test_optim.py)
+
+
+@dataclass
+class Step:
+    """One step: a command run from the checkout's root under its own timeout."""
+
+    name: str
+    argv: List[str]
+    timeout_s: int
+    min_gpus: int = 1
+    status: str = "pending"
+    seconds: float = 0.0
+    detail: str = ""
+    output: str = field(default="", repr=False)
+
+
+def steps(json_path: str) -> List[Step]:
+    """The check's steps, in order (their timeouts sum to less than :data:`BUDGET_S`)."""
+    py = sys.executable
+    pytest = [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu", GPU_TESTS]
+    return [
+        Step("build", [py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."], 240),
+        Step("GPU tests, one GPU (world size 1)", pytest + ["-k", "not two_gpus"], 120),
+        Step("GPU tests, two or more GPUs", pytest + ["-k", "two_gpus"], 60, min_gpus=2),
+        Step("fused SGD vs torch fused SGD", [py, "-m", "fastallreduce.bench.gpu_sgd", "--json", json_path], 45),
+    ]
+
+
+def gpu_count() -> tuple:
+    """(number of visible CUDA GPUs, why none when 0)."""
+    try:
+        import torch
+    except ImportError as e:
+        return 0, f"torch does not import ({e})"
+    if torch.version.cuda is None:
+        return 0, f"torch {torch.__version__} is a CPU-only build"
+    n = torch.cuda.device_count()
+    return (n, "") if n else (0, "no CUDA GPU visible (torch.cuda.device_count() == 0)")
+
+
+def _skip_reason(step: Step, n: int, why: str, failed_build: bool) -> str:
+    if n == 0:
+        return why
+    if n < step.min_gpus:
+        return f"needs {step.min_gpus} GPUs, {n} visible (NCCL refuses two ranks on one GPU)"
+    if failed_build:
+        return "the build failed"
+    if step.name == "build" and not os.path.exists(os.path.join(ROOT, "setup.py")):
+        return "not a source checkout (no setup.py): the installed build is used"
+    return ""
+
+
+def _run(step: Step, env: dict) -> None:
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(step.argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=step.timeout_s)
+        step.output = p.stdout
+        step.status = "passed" if p.returncode == 0 else "FAILED"
+        lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+        step.detail = lines[-1][:100] if lines else f"exit code {p.returncode}"
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout or ""
+        step.output = out if isinstance(out, str) else out.decode(errors="replace")
+        step.status, step.detail = "FAILED", f"timed out after {step.timeout_s} s"
+    step.seconds = time.monotonic() - t0
+
+
+def sgd_table(rows: List[dict]) -> str:
+    """The fused-SGD table from the benchmark's JSON rows."""
+    head = f"{'implementation':<34} {'median ms':>9} {'GB/s':>7} {'of copy':>8} {'time/torch fused':>16}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['impl']:<34} {r['median_ms']:>9.3f} {r['gb_per_s']:>7.0f} {r['share_of_copy']:>7.0%} "
+                     f"{r['ratio_vs_torch_fused']:>16.2f}")
+    return "\n".join(lines)
+
+
+def run(dry_run: bool = False, out=sys.stdout) -> int:
+    """Runs (or, with ``dry_run`` or without a GPU, lists) the steps; prints the report.
+    Returns 0 unless a step that ran failed."""
+    n, why = gpu_count()
+    json_path = os.path.join(tempfile.gettempdir(), f"fastallreduce_gpu_check_{os.getpid()}.json")
+    todo = steps(json_path)
+    if dry_run:
+        print("fastallreduce GPU check (--dry-run: nothing is run)", file=out)
+    elif n == 0:
+        print(f"fastallreduce GPU check: {why}; no GPU step can run here", file=out)
+    else:
+        import torch
+
+        print(f"fastallreduce GPU check: {n} GPU(s): {torch.cuda.get_device_name(0)}", file=out)
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    failed_build = False
+    for s in todo:
+        reason = _skip_reason(s, n, why, failed_build)
+        if dry_run:
+            s.status = "skipped"
+            s.detail = f"--dry-run; here it would {'skip: ' + reason if reason else 'run'}: {' '.join(s.argv[1:])}"
+        elif reason:
+            s.status, s.detail = "skipped", reason
+        else:
+            _run(s, env)
+            failed_build = s.name == "build" and s.status != "passed"
+    width = max(len(s.name) for s in todo)
+    print(f"\n{'step':<{width}}  {'status':<7} {'timeout':>7} {'seconds':>7}  detail", file=out)
+    for s in todo:
+        secs = f"{s.seconds:7.1f}" if s.seconds else " " * 7
+        print(f"{s.name:<{width}}  {s.status:<7} {s.timeout_s:>6}s {secs}  {s.detail}", file=out)
+    print(f"(step timeouts sum to {sum(s.timeout_s for s in todo)} s of the {BUDGET_S} s budget)", file=out)
+    for s in todo:
+        if s.status == "FAILED":
+            print(f"\n--- output of '{s.name}' (last 3000 characters) ---\n{s.output[-3000:]}", file=out)
+    if os.path.exists(json_path):
+        with open(json_path, encoding="utf-8") as f:
+            doc = json.load(f)
+        os.unlink(json_path)
+        print(f"\n{doc['title']}\n{sgd_table(doc['rows'])}\n{doc['verdict']}", file=out)
+    return 1 if any(s.status == "FAILED" for s in todo) else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``check [--gpu] [--dry-run]``; returns the exit status."""
+    ap = argparse.ArgumentParser(prog="fastallreduce check", description=__doc__.splitlines()[0])
+    ap.add_argument("--gpu", action="store_true", help="the GPU check (the only check so far; the default)")
+    ap.add_argument("--dry-run", action="store_true", help="list the steps and why each would be skipped; run none")
+    args = ap.parse_args(argv)
+    return run(dry_run=args.dry_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""What of the GPU paths (issue 16) runs without a GPU: construction on a CUDA build without a GPU,
+the NCCL group's factory, arrays through DLPack (NumPy), the choice of the CUDA SGD path and its
+torch operations (on CPU tensors), the backend, and the GPU check's dry run."""
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import fastallreduce as far
+import gpu_cases as gc
+from fastallreduce import communicator
+from fastallreduce.optim import SGD
+from fastallreduce.optim import cuda as sgd_cuda
+
+TIMEOUT = 120
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_communicator_constructs_without_gpu(pool):
+    for nccl_available, made, values, has_gpu in pool(2).run(gc.construct_without_gpu, timeout=TIMEOUT):
+        assert values == [2.0] * 3
+        assert not made  # the NCCL group is made at the first CUDA call, never at construction
+        if not has_gpu:
+            assert nccl_available == dist.is_nccl_available()
+
+
+def test_nccl_factory_sets_error_handling_for_its_group_only(monkeypatch):
+    seen = {}
+
+    class FakeNCCL:
+        class Options:
+            _timeout = None
+            group_name = ""
+
+        def __init__(self, store, rank, size, opts):
+            seen.update(env=os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING"), timeout=opts._timeout,
+                        args=(store, rank, size), name=opts.group_name)
+
+    monkeypatch.setattr(dist, "ProcessGroupNCCL", FakeNCCL, raising=False)
+    monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
+    communicator._nccl("store", 1, 2, 1500)
+    assert seen == {"env": "2", "timeout": timedelta(milliseconds=1500), "args": ("store", 1, 2),
+                    "name": "fastallreduce"}
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"  # the user's setting, restored
+    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING")
+    communicator._nccl("store", 0, 1, 10)
+    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in os.environ
+
+
+def test_numpy_arrays(pool):
+    np = pytest.importorskip("numpy")
+    del np
+    res = pool(2).run(gc.numpy_arrays, timeout=TIMEOUT)
+    for rank, (in_place, a, out_is_out, out, fut_type, got, gathered, errors) in enumerate(res):
+        assert in_place and a == [2 * i + 1.0 for i in range(5)]
+        assert out_is_out and out == a
+        assert fut_type == "ArrayFuture" and got == [3, 3, 3]
+        assert gathered == [0.0, 0.0, 1.0, 1.0]
+        (ro_type, ro_msg), (list_type, list_msg) = errors
+        assert ro_type == "ValueError" and "read-only" in ro_msg, errors
+        assert list_type == "TypeError" and "DLPack" in list_msg, errors
+
+
+def test_cuda_sgd_path_choice(monkeypatch):
+    monkeypatch.delenv(sgd_cuda.ENV, raising=False)
+    assert sgd_cuda.cuda_sgd_path() == "torch"  # established correctness first
+    assert SGD([torch.zeros(2, requires_grad=True)]).cuda_sgd == "torch"
+    monkeypatch.setenv(sgd_cuda.ENV, "bogus")
+    with pytest.raises(ValueError, match="FASTALLREDUCE_CUDA_SGD='bogus'"):
+        SGD([torch.zeros(2, requires_grad=True)])
+    with pytest.raises(ValueError, match="cuda_sgd='fast'"):
+        sgd_cuda.cuda_sgd_path("fast")
+    monkeypatch.setenv(sgd_cuda.ENV, "Kernel")
+    if sgd_cuda._HAS_KERNEL:
+        assert SGD([torch.zeros(2, requires_grad=True)]).cuda_sgd == "kernel"
+    else:
+        with pytest.raises(RuntimeError, match="no CUDA sources"):
+            SGD([torch.zeros(2, requires_grad=True)])
+    assert SGD([torch.zeros(2, requires_grad=True)], cuda_sgd="torch").cuda_sgd == "torch"
+
+
+def _tensors(seed, shapes, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
+
+
+@pytest.mark.parametrize("paper", [False, True])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_foreach_update_matches_cpu_kernel(paper, nesterov):
+    """The foreach update (the default CUDA path of the lr-in-momentum form) against the CPU
+    kernel, on CPU tensors, across a first step, an lr change (momentum correction) and maximize."""
+    shapes = [(7,), (33, 5), (1,)]
+    hp = dict(lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=nesterov, lr_in_momentum=paper)
+    ps_k = [p.requires_grad_() for p in _tensors(0, shapes)]
+    ps_f = [p.detach().clone() for p in ps_k]
+    opt = SGD(ps_k, **hp)
+    bufs = [torch.empty_like(p) for p in ps_f]
+    lr_held = None
+    for step, lr in enumerate((0.1, 0.1, 0.2, 0.2)):
+        grads = _tensors(step + 1, shapes)
+        for p, g in zip(ps_k, grads):
+            p.grad = g.clone()
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+        scale = lr / lr_held if paper and lr_held else 1.0
+        SGD._torch_update(ps_f, grads, bufs, [step == 0] * len(shapes), scale, lr, 0.9, 0.0, 1e-3, nesterov,
+                          False, paper)
+        lr_held = lr
+    for a, b in zip(ps_k, ps_f):
+        torch.testing.assert_close(b, a.detach(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_torch_fused_step_matches_torch_fused_sgd(momentum):
+    """The default CUDA path of torch's form (torch's fused SGD, new and continuing buffers in
+    separate calls), on CPU tensors, against torch.optim.SGD; a parameter that first gets a
+    gradient at step 2 starts its buffer then (torch.optim.SGD(fused=True) itself raises a
+    TypeError there in torch 2.14: it passes the missing buffer to the kernel)."""
+    shapes = [(9,), (4, 4), (2,)]
+    hp = dict(lr=0.05, momentum=momentum, dampening=0.0, weight_decay=1e-4, nesterov=False, maximize=False)
+    ref = [p.requires_grad_() for p in _tensors(3, shapes)]
+    mine = [p.detach().clone() for p in ref]
+    opt = torch.optim.SGD(ref, foreach=False, **hp)
+    bufs = [torch.empty_like(p) for p in mine]
+    started = [False] * len(shapes)
+    for step in range(3):
+        grads = _tensors(10 + step, shapes)
+        live = [i for i in range(len(shapes)) if step > 0 or i != 2]  # the last one waits a step
+        for i, p in enumerate(ref):
+            p.grad = grads[i].clone() if i in live else None
+        opt.step()
+        left = sgd_cuda.torch_fused_step([mine[i] for i in live], [grads[i] for i in live],
+                                         [bufs[i] for i in live], [not started[i] for i in live], hp["lr"],
+                                         momentum, 0.0, hp["weight_decay"], False, False)
+        assert left == []
+        for i in live:
+            started[i] = True
+    for a, b in zip(ref, mine):
+        torch.testing.assert_close(b, a.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_backend_makes_no_nccl_group_until_cuda():
+    store = dist.HashStore()
+    b = far.backend.create_backend(store, 0, 1, timedelta(seconds=30))
+    try:
+        assert not b.nccl_made
+    finally:
+        b.shutdown()
+
+
+@pytest.mark.parametrize("argv", [[sys.executable, "-m", "fastallreduce", "check", "--gpu", "--dry-run"],
+                                  [sys.executable, os.path.join("fastallreduce", "gpu_check.py"), "--dry-run"]])
+def test_gpu_check_dry_run(argv):
+    p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert p.returncode == 0, p.stderr
+    for name in ("build", "GPU tests, one GPU", "GPU tests, two or more GPUs", "fused SGD vs torch fused SGD"):
+        line = next(ln for ln in p.stdout.splitlines() if ln.startswith(name))
+        assert "skipped" in line and "--dry-run" in line, line
+    assert "465 s of the 480 s budget" in p.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without a GPU")
+def test_gpu_check_without_gpu_says_so():
+    p = subprocess.run([sys.executable, "-m", "fastallreduce", "check", "--gpu"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=TIMEOUT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert p.returncode == 0, p.stderr
+    assert "no GPU step can run here" in p.stdout
+    rows = [ln for ln in p.stdout.splitlines() if "skipped" in ln]
+    assert len(rows) == 4 and all("no CUDA GPU" in r or "CPU-only" in r for r in rows), p.stdout
