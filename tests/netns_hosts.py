@@ -16,6 +16,8 @@ says why not. Used by tests/test_netns_hosts.py and reusable by benchmarks.
 """
 from __future__ import annotations
 
+import glob
+import json
 import os
 import shutil
 import signal
@@ -58,14 +60,13 @@ def unavailable() -> Optional[str]:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (an exited one its parent has not reaped yet is not)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    except PermissionError:
-        return True
 
 
 def _kill_netns_processes(ns: str) -> None:
@@ -85,12 +86,27 @@ def sweep_stale() -> list:
         parts = ns.split("-")
         if not ns.startswith(PREFIX) or len(parts) < 3 or not parts[1].isdigit():
             continue
-        if _pid_alive(int(parts[1])):
+        if pid_alive(int(parts[1])):
             continue  # another live fixture's (or a concurrent test run's)
         _kill_netns_processes(ns)
         _sh("ip", "netns", "del", ns, check=False)
         swept.append(ns)
     return swept
+
+
+def read_results(out_dir: str, world: int, deadline: float) -> dict:
+    """rank -> what it wrote to out_dir/rank<R>.json, once all have (or what is there at ``deadline``,
+    a time.monotonic())."""
+    while time.monotonic() < deadline and len(glob.glob(f"{out_dir}/rank*.json")) < world:
+        time.sleep(0.2)
+    out = {}
+    for r in range(world):
+        try:
+            with open(os.path.join(out_dir, f"rank{r}.json")) as f:
+                out[r] = json.load(f)
+        except FileNotFoundError:
+            pass
+    return out
 
 
 class Job:

@@ -48,6 +48,7 @@ def loop(out_dir: str, timeout_s: float, nbytes: int) -> dict:
     c = far.Communicator(timeout=timedelta(seconds=timeout_s))
     x = torch.ones(nbytes // 4)
     rank, i = dist.get_rank(), 0
+    result = {"error": None, "pid": os.getpid()}
     try:
         while True:
             c.allreduce(x.fill_(1.0))
@@ -56,10 +57,10 @@ def loop(out_dir: str, timeout_s: float, nbytes: int) -> dict:
                 with open(os.path.join(out_dir, f"looping{rank}"), "w") as f:
                     f.write(str(os.getpid()))
     except Exception as e:  # noqa: BLE001 - the test checks what was raised
-        return {"error": type(e).__name__, "message": str(e)[:2000], "raised_at": time.time(), "iterations": i,
-                "pid": os.getpid(), "topology": {"num_hosts": c.num_hosts, "local_ranks": c.local_ranks}}
-    finally:
-        c.close()
+        result.update(error=type(e).__name__, message=str(e)[:2000], raised_at=time.time(), iterations=i)
+    c.close()
+    result["closed_at"] = time.time()
+    return result
 
 
 def main() -> None:
