@@ -16,7 +16,6 @@ says why not. Used by tests/test_netns_hosts.py and reusable by benchmarks.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -94,18 +93,18 @@ def sweep_stale() -> list:
     return swept
 
 
-def read_results(out_dir: str, world: int, deadline: float) -> dict:
-    """rank -> what it wrote to out_dir/rank<R>.json, once all have (or what is there at ``deadline``,
-    a time.monotonic())."""
-    while time.monotonic() < deadline and len(glob.glob(f"{out_dir}/rank*.json")) < world:
+def read_results(out_dir: str, ranks, deadline: float) -> dict:
+    """rank -> what it wrote to out_dir/rank<R>.json, for each of ``ranks`` (a count or the ranks),
+    once all have written (or what is there at ``deadline``, a time.monotonic())."""
+    ranks = list(range(ranks)) if isinstance(ranks, int) else list(ranks)
+    paths = {r: os.path.join(out_dir, f"rank{r}.json") for r in ranks}
+    while time.monotonic() < deadline and not all(os.path.exists(p) for p in paths.values()):
         time.sleep(0.2)
     out = {}
-    for r in range(world):
-        try:
-            with open(os.path.join(out_dir, f"rank{r}.json")) as f:
+    for r, p in paths.items():
+        if os.path.exists(p):
+            with open(p) as f:
                 out[r] = json.load(f)
-        except FileNotFoundError:
-            pass
     return out
 
 
@@ -137,7 +136,8 @@ class Job:
                 p.wait(timeout=10)
 
     def output(self) -> str:
-        return "\n".join(f"--- host {i} ---\n{open(f, errors='replace').read()[-6000:]}" for i, f in enumerate(self.logs))
+        tails = [open(f, errors="replace").read()[-6000:] for f in self.logs]
+        return "\n".join(f"--- host {i} ---\n{t}" for i, t in enumerate(tails))
 
 
 class NetnsHosts:

@@ -9,6 +9,7 @@ it is in the loop, so that the test knows when to strike.
 """
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -45,6 +46,9 @@ def run_cases(path: str) -> dict:
 
 
 def loop(out_dir: str, timeout_s: float, nbytes: int) -> dict:
+    # When a fault test kills a rank, its torchrun agent SIGTERMs the host's other ranks at once
+    # (SIGKILL 30 s later): they must live to report what they raised, then they exit by themselves.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     c = far.Communicator(timeout=timedelta(seconds=timeout_s))
     x = torch.ones(nbytes // 4)
     rank, i = dist.get_rank(), 0

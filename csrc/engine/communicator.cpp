@@ -31,8 +31,8 @@ c10::intrusive_ptr<c10d::Store> prefixed(const std::string& p, const c10::intrus
 }  // namespace
 
 Communicator::Communicator(c10::intrusive_ptr<c10d::Store> store, int rank, int size, CommOptions opts)
-    : store_(std::move(store)), rank_(rank), size_(size), opts_(std::move(opts)),
-      fork_generation_(g_fork_generation.load()), q_(std::make_shared<Queue>()) {
+    : store_(std::move(store)), bounded_store_(std::make_unique<BoundedStore>(store_)), rank_(rank), size_(size),
+      opts_(std::move(opts)), fork_generation_(g_fork_generation.load()), q_(std::make_shared<Queue>()) {
   (void)g_atfork_installed;
   if (!opts_.make_backend) throw value_error("fastallreduce: no transport backend factory");
   if (size_ < 1 || rank_ < 0 || rank_ >= size_)
@@ -87,6 +87,7 @@ Communicator::~Communicator() {
     (void)pg_.release();
     (void)cross_pg_.release();
     (void)store_.release();
+    (void)bounded_store_.release();
     return;
   }
   bool pending;
