@@ -139,8 +139,16 @@ bool Communicator::supports(Algo a) const {
 
 Algo Communicator::choose(size_t bytes) const {
   if (shm_ && topo_.num_hosts == 1) return Algo::kShm;
-  if (shm_ && topo_.uniform && cross_) return Algo::kHierarchical;
-  return choose_flat(bytes);
+  const Algo flat = choose_flat(bytes);
+  if (shm_ && topo_.uniform && cross_) {
+    // The model prices the network: hierarchical moves each local rank's 1/L share among the H
+    // hosts, flat moves every byte among all ranks; the shared-memory stages cost little next to
+    // either. With the default constants hierarchical always wins; measured ones may say otherwise.
+    const int l = static_cast<int>(topo_.local.group_ranks.size());
+    const auto cost = [&](size_t b, int p) { return std::min(cfg_.cost.hd_us(b, p), cfg_.cost.ring_us(b, p)); };
+    if (cost(bytes / l, topo_.num_hosts) <= cost(bytes, size_)) return Algo::kHierarchical;
+  }
+  return flat;
 }
 
 Algo Communicator::choose_flat(size_t bytes) const {
