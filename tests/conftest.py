@@ -27,3 +27,34 @@ def pool():
     for p in _pools.values():
         p.close()
     _pools.clear()
+
+
+_netns_checked: list = []
+
+
+@pytest.fixture
+def netns_hosts(tmp_path):
+    """netns_hosts(layout) -> a started tests/netns_hosts.NetnsHosts, torn down after the test.
+
+    Skips with the reason where namespaced hosts cannot be made; with CI=true that fails instead
+    (CI runs as root, so a missing capability there is a broken machine, not an absent one)."""
+    import netns_hosts as nh
+
+    if not _netns_checked:
+        _netns_checked.append(nh.unavailable())
+        nh.sweep_stale()  # namespaces a killed earlier run left behind
+    why = _netns_checked[0]
+    if why:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {why}")
+        pytest.skip(why)
+    made = []
+
+    def make(layout):
+        h = nh.NetnsHosts(layout, log_dir=str(tmp_path))
+        made.append(h)
+        return h.__enter__()
+
+    yield make
+    for h in made:
+        h.close()

@@ -32,8 +32,8 @@ c10::intrusive_ptr<c10d::Store> prefixed(const std::string& p, const c10::intrus
 }  // namespace
 
 Communicator::Communicator(c10::intrusive_ptr<c10d::Store> store, int rank, int size, CommOptions opts)
-    : store_(std::move(store)), rank_(rank), size_(size), opts_(std::move(opts)),
-      fork_generation_(g_fork_generation.load()), q_(std::make_shared<Queue>()) {
+    : store_(std::move(store)), bounded_store_(std::make_unique<BoundedStore>(store_)), rank_(rank), size_(size),
+      opts_(std::move(opts)), fork_generation_(g_fork_generation.load()), q_(std::make_shared<Queue>()) {
   (void)g_atfork_installed;
   if (!opts_.make_backend) throw value_error("fastallreduce: no transport backend factory");
   if (size_ < 1 || rank_ < 0 || rank_ >= size_)
@@ -93,6 +93,7 @@ Communicator::~Communicator() {
     (void)nccl_.release();
     (void)new BackendFactory(std::move(make_nccl_));  // holds a Python object: leaked, like the rest
     (void)store_.release();
+    (void)bounded_store_.release();
     return;
   }
   bool pending;
@@ -145,8 +146,16 @@ bool Communicator::supports(Algo a) const {
 
 Algo Communicator::choose(size_t bytes) const {
   if (shm_ && topo_.num_hosts == 1) return Algo::kShm;
-  if (shm_ && topo_.uniform && cross_) return Algo::kHierarchical;
-  return choose_flat(bytes);
+  const Algo flat = choose_flat(bytes);
+  if (shm_ && topo_.uniform && cross_) {
+    // The model prices the network: hierarchical moves each local rank's 1/L share among the H
+    // hosts, flat moves every byte among all ranks; the shared-memory stages cost little next to
+    // either. With the default constants hierarchical always wins; measured ones may say otherwise.
+    const int l = static_cast<int>(topo_.local.group_ranks.size());
+    const auto cost = [&](size_t b, int p) { return std::min(cfg_.cost.hd_us(b, p), cfg_.cost.ring_us(b, p)); };
+    if (cost(bytes / l, topo_.num_hosts) <= cost(bytes, size_)) return Algo::kHierarchical;
+  }
+  return flat;
 }
 
 Algo Communicator::choose_flat(size_t bytes) const {

@@ -21,6 +21,7 @@
 #include "algorithms/algorithm.h"
 #include "algorithms/shm_allreduce.h"
 #include "common/errors.h"
+#include "engine/bounded_store.h"
 #include "engine/collective.h"
 #include "engine/config.h"
 #include "engine/topology.h"
@@ -151,11 +152,14 @@ class Communicator {
   void poll();  // called from slow waits: deadline, local and remote abort
   [[noreturn]] void fail_timeout();
   std::string publish_abort(const std::string& record);
-  std::string missing_ranks_report();
+  std::string missing_ranks_report();  // also kept in report_, for the error execute() returns
+  std::string find_missing_ranks();
+  static std::string ranks_report(const std::string& what, const std::vector<int>& ranks);  // " [what: 1, 2]"
   void watchdog_loop();
   void interrupt_transports();
 
   c10::intrusive_ptr<c10d::Store> store_;
+  std::unique_ptr<BoundedStore> bounded_store_;  // store_ for the watchdog and the failure path
   int rank_, size_;
   CommOptions opts_;
   CommConfig cfg_;
@@ -199,6 +203,7 @@ class Communicator {
   std::atomic<bool> aborted_{false}, closed_{false};
   mutable std::mutex reason_mu_;
   std::string reason_;
+  std::string report_;  // this rank's missing_ranks_report() for the op that failed (op thread only)
   std::atomic<int> last_algo_{0};
   std::atomic<uint64_t> completed_{0};
 };

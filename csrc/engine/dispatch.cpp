@@ -62,6 +62,7 @@ std::exception_ptr Communicator::execute(Task& task) {
     if (aborted_) throw ClosedError("fastallreduce: communicator was aborted: " + abort_reason());
     RECORD_FUNCTION(record_name(c.kind), std::vector<c10::IValue>());
     begin_op(h);
+    report_.clear();
     struct End {
       Communicator* self;
       ~End() { self->end_op(); }
@@ -81,11 +82,18 @@ std::exception_ptr Communicator::execute(Task& task) {
                                                                      : "fault";
       const std::string mine = std::string(kind) + "|" + e.what();
       const std::string first = publish_abort(mine);
+      const auto bar = first.find('|');
+      const std::string k = first.substr(0, bar);
+      // Every failure names the missing ranks, not only a deadline's (also a local peer's abort
+      // or a timeout in shared memory, a transport error); reporting also publishes that this
+      // rank was here. A mismatch is about the call, not about who is missing.
+      const bool reported = !report_.empty();  // then e.what() carries it already
+      if (!reported && k != "mismatch") missing_ranks_report();
       // A peer that failed first may have torn its connections down already, and our own
-      // error is then only the echo of its failure: report the first failure instead.
-      if (first != mine) {
-        const auto bar = first.find('|');
-        const std::string k = first.substr(0, bar), msg = first.substr(bar + 1);
+      // error is then only the echo of its failure: report the first failure instead. Records
+      // in the store carry no report: this rank's is appended.
+      if (first != mine || (!reported && !report_.empty())) {
+        const std::string msg = first.substr(bar + 1) + report_;
         if (k == "mismatch") return std::make_exception_ptr(MismatchError(msg));
         if (k == "timeout") return std::make_exception_ptr(CommTimeoutError(msg));
         return std::make_exception_ptr(CommError(msg));

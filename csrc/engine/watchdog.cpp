@@ -2,7 +2,9 @@
 // its deadline and polls the store for a peer's abort record or for a peer's rejection of this
 // very call; when one fires it records why and interrupts the blocked transport wait, and the
 // op's thread raises from poll(). The first failure is published in the store ("abort"), so
-// every rank reports the same cause, naming the ranks that never reached the call.
+// every rank reports the same cause, naming the ranks that never reached the call. Every store
+// round trip goes through bounded_store_ (bounded_store.h): a store cut off by a dead link delays
+// neither the deadline nor the error by more than a few seconds.
 #include <sstream>
 
 #include "common/errors.h"
@@ -14,6 +16,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr auto kStorePoll = std::chrono::milliseconds(100);
 constexpr auto kReportWait = std::chrono::milliseconds(1500);
+// A store round trip on the failure path: far above a live store's (milliseconds, even on a
+// loaded machine), and short enough that publishing the abort and reporting the missing ranks
+// stay well inside the 10 s after the timeout in which every rank must have raised.
+constexpr auto kStoreBound = std::chrono::milliseconds(3000);
 const std::string kAbortKey = "abort";
 
 std::string to_str(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
@@ -57,6 +63,15 @@ void Communicator::interrupt_transports() {
 
 void Communicator::watchdog_loop() {
   pthread_setname_np(pthread_self(), "far-watchdog");
+  // What one store poll found: it runs on the store's helper thread while this loop keeps
+  // watching the deadline, so a store that stopped answering never holds the deadline back.
+  struct Found {
+    uint64_t seq = 0;
+    int fire = 0;
+    std::string record;
+  };
+  std::shared_ptr<Found> found;
+  std::future<void> polling;
   auto next_store_poll = Clock::now();
   std::unique_lock<std::mutex> lk(wd_mu_);
   while (!wd_stop_) {
@@ -69,32 +84,39 @@ void Communicator::watchdog_loop() {
       interrupt_transports();
       continue;
     }
+    if (polling.valid()) {
+      if (polling.wait_for(std::chrono::seconds(0)) != std::future_status::ready) continue;
+      try {
+        polling.get();
+      } catch (const std::exception& e) {
+        found->fire = 3;
+        found->record = std::string("fault|fastallreduce: rank ") + std::to_string(rank_) +
+                        " lost the store (is rank 0 dead?): " + e.what();
+      }
+      if (found->fire && cur_.seq == found->seq) {
+        fired_record_ = found->record;
+        fired_ = found->fire;
+        interrupt_transports();
+        continue;
+      }
+    }
     if (now < next_store_poll) continue;
     next_store_poll = now + kStorePoll;
-    const Header op = cur_;
-    const std::string reject_key = "reject/" + std::to_string(op.seq);
-    // Store round trips happen without the lock: ending an op never waits for one.
-    lk.unlock();
-    int fire = 0;
-    std::string record;
+    found = std::make_shared<Found>();
+    found->seq = cur_.seq;
     try {
-      if (store_->check({kAbortKey})) {
-        record = to_str(store_->get(kAbortKey));
-        fire = 2;
-      } else if (store_->check({reject_key})) {
-        record = "mismatch|fastallreduce: " + op.describe() + " was rejected by " + to_str(store_->get(reject_key));
-        fire = 4;
-      }
-    } catch (const std::exception& e) {
-      record = std::string("fault|fastallreduce: rank ") + std::to_string(rank_) +
-               " lost the store (is rank 0 dead?): " + e.what();
-      fire = 3;
-    }
-    lk.lock();
-    if (fire && in_op_ && cur_.seq == op.seq && !fired_) {
-      fired_record_ = record;
-      fired_ = fire;
-      interrupt_transports();
+      polling = bounded_store_->start([found, desc = cur_.describe()](c10d::Store& s) {
+        const std::string reject_key = "reject/" + std::to_string(found->seq);
+        if (s.check({kAbortKey})) {
+          found->record = to_str(s.get(kAbortKey));
+          found->fire = 2;
+        } else if (s.check({reject_key})) {
+          found->record = "mismatch|fastallreduce: " + desc + " was rejected by " + to_str(s.get(reject_key));
+          found->fire = 4;
+        }
+      });
+    } catch (const StoreLost&) {
+      // The failure path found the store dead already: the deadline stays this loop's only job.
     }
   }
 }
@@ -131,46 +153,75 @@ std::string Communicator::publish_abort(const std::string& record) {
     if (reason_.empty()) reason_ = record.substr(record.find('|') + 1);
   }
   aborted_ = true;
-  if (shm_) shm_->mark_aborted();
   // An abandoned receive may still land in these: keep them alive forever.
   staging_.leak();
   hdr_staging_.leak();
+  std::string first = record;
   try {
-    return to_str(store_->compareSet(kAbortKey, {}, to_bytes(record)));
+    first = bounded_store_->call(
+        [record](c10d::Store& s) { return to_str(s.compareSet(kAbortKey, {}, to_bytes(record))); }, kStoreBound);
   } catch (const std::exception&) {
-    // The store is gone (rank 0 died): peers find out through their own transport errors.
-    return record;
+    // The store is gone (rank 0 died) or cut off: peers find out through their own deadlines.
   }
+  // Local peers learn of the abort from shared memory only now, so that the record they then
+  // publish loses to this one and they report the first failure, not the echo they saw.
+  if (shm_) shm_->mark_aborted();
+  return first;
 }
 
 std::string Communicator::missing_ranks_report() {
+  report_ = find_missing_ranks();
+  return report_;
+}
+
+std::string Communicator::find_missing_ranks() {
   // Each rank that fails publishes which collective it was in; after a short wait the ranks
   // that did not publish that number are the ones that never arrived (dead, hung, or calling
   // something else).
   staging_.leak();
   hdr_staging_.leak();
+  const std::string seq = std::to_string(cur_.seq);
   try {
-    store_->set("status/" + std::to_string(rank_), to_bytes(std::to_string(cur_.seq)));
+    bounded_store_->call(
+        [rank = rank_, seq](c10d::Store& s) { s.set("status/" + std::to_string(rank), to_bytes(seq)); }, kStoreBound);
     std::vector<int> missing;
     const auto until = Clock::now() + kReportWait;
     for (;;) {
-      missing.clear();
-      for (int r = 0; r < size_; ++r) {
-        const std::string key = "status/" + std::to_string(r);
-        if (!store_->check({key}) || to_str(store_->get(key)) != std::to_string(cur_.seq)) missing.push_back(r);
-      }
+      missing = bounded_store_->call(
+          [size = size_, seq](c10d::Store& s) {
+            std::vector<int> m;
+            for (int r = 0; r < size; ++r) {
+              const std::string key = "status/" + std::to_string(r);
+              if (!s.check({key}) || to_str(s.get(key)) != seq) m.push_back(r);
+            }
+            return m;
+          },
+          kStoreBound);
       if (missing.empty() || Clock::now() >= until) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     if (missing.empty()) return " [every rank reached this collective]";
-    std::ostringstream os;
-    os << " [ranks that did not reach " << kind_name(static_cast<Kind>(cur_.kind)) << " #" << cur_.seq << ": ";
-    for (size_t i = 0; i < missing.size(); ++i) os << (i ? ", " : "") << missing[i];
-    os << "]";
-    return os.str();
+    return ranks_report("ranks that did not reach " + std::string(kind_name(static_cast<Kind>(cur_.kind))) + " #" +
+                        seq, missing);
+  } catch (const StoreLost&) {
+    // Cut off from the store's host: from here no rank on another host can be reached either
+    // (our transport waits on them timed out too). Name them: that is what the user must check.
+    std::vector<int> others;
+    for (int r = 0; r < size_; ++r)
+      if (topo_.host_of_rank[r] != topo_.host) others.push_back(r);
+    if (!others.empty()) return ranks_report("ranks unreachable from this host (the store too)", others);
+    return " [store unreachable: could not tell which ranks are missing]";
   } catch (const std::exception&) {
     return " [store unreachable: could not tell which ranks are missing]";
   }
+}
+
+std::string Communicator::ranks_report(const std::string& what, const std::vector<int>& ranks) {
+  std::ostringstream os;
+  os << " [" << what << ": ";
+  for (size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
+  os << "]";
+  return os.str();
 }
 
 }  // namespace far

@@ -1,0 +1,87 @@
+"""What each rank runs on the namespaced hosts (tests/netns_hosts.py), launched by torchrun.
+
+    netns_job.py OUT_DIR cases CASES_JSON      topology, then the correctness cases in the file
+    netns_job.py OUT_DIR loop TIMEOUT_S NBYTES allreduces until one raises (a fault test cuts a
+                                               link or kills a rank meanwhile)
+
+Every rank writes OUT_DIR/rank<R>.json; the loop also writes OUT_DIR/looping<R> (its pid) once
+it is in the loop, so that the test knows when to strike.
+"""
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+import dist_cases as dc
+import fastallreduce as far
+
+
+def topology(c: far.Communicator) -> dict:
+    sizes = [0, 4 << 10, 1 << 20, 64 << 20]
+    return {"hostname": socket.gethostname(), "group_rank": int(os.environ["GROUP_RANK"]),
+            "local_rank": int(os.environ["LOCAL_RANK"]), "num_hosts": c.num_hosts,
+            "host_of_rank": c.host_of_rank, "local_ranks": c.local_ranks, "uniform": c.uniform_hosts,
+            "single_host": c._c.single_host, "config": c.config, "sizes": sizes,
+            "choose": [c.choose(n) for n in sizes]}
+
+
+def run_cases(path: str) -> dict:
+    with open(path) as f:
+        spec = json.load(f)
+    c = dc.comm("auto", timeout=timedelta(seconds=60))
+    out = {"topology": topology(c)}
+    started = time.monotonic()
+    out["allreduce"] = dc.run_cases([tuple(x) for x in spec["allreduce"]])
+    out["family"] = dc.check_family([tuple(x) for x in spec["family"]])
+    out["seconds"] = time.monotonic() - started
+    shm = sorted(f for f in os.listdir("/dev/shm") if f.startswith("fastallreduce_"))
+    out["shm_while_open"] = shm
+    return out
+
+
+def loop(out_dir: str, timeout_s: float, nbytes: int) -> dict:
+    # When a fault test kills a rank, its torchrun agent SIGTERMs the host's other ranks at once
+    # (SIGKILL 30 s later): they must live to report what they raised, then they exit by themselves.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    c = far.Communicator(timeout=timedelta(seconds=timeout_s))
+    x = torch.ones(nbytes // 4)
+    rank, i = dist.get_rank(), 0
+    result = {"error": None, "pid": os.getpid()}
+    try:
+        while True:
+            c.allreduce(x.fill_(1.0))
+            i += 1
+            if i == 3:
+                with open(os.path.join(out_dir, f"looping{rank}"), "w") as f:
+                    f.write(str(os.getpid()))
+    except Exception as e:  # noqa: BLE001 - the test checks what was raised
+        result.update(error=type(e).__name__, message=str(e)[:2000], raised_at=time.time(), iterations=i)
+    c.close()
+    result["closed_at"] = time.time()
+    return result
+
+
+def main() -> None:
+    out_dir, scenario = sys.argv[1], sys.argv[2]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    rank = dist.get_rank()
+    if scenario == "cases":
+        result = run_cases(sys.argv[3])
+    else:
+        result = loop(out_dir, float(sys.argv[3]), int(sys.argv[4]))
+    with open(os.path.join(out_dir, f"rank{rank}.json.tmp"), "w") as f:
+        json.dump(result, f)
+    os.replace(os.path.join(out_dir, f"rank{rank}.json.tmp"), os.path.join(out_dir, f"rank{rank}.json"))
+    if scenario == "cases":
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

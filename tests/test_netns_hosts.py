@@ -1,0 +1,89 @@
+"""Separate hosts for real: each in its own network, UTS, IPC and mount namespaces (private
+/dev/shm), joined by veth links, ranks started by one torchrun per host, no FASTALLREDUCE_HOST_ID.
+
+Topology is detected, `auto` follows the cost model, and the correctness matrix is exact on 2x2,
+3x1 and 2+1 hosts. Network faults between such hosts: test_netns_faults.py.
+"""
+import json
+import os
+import time
+
+import pytest
+
+import netns_hosts as nh
+import test_allreduce as ta
+
+pytestmark = pytest.mark.timeout(420)
+
+FAULT_TIMEOUT_S = 10.0  # the communicator's timeout in the fault tests
+GRACE_S = 10.0  # every rank raises within the timeout + this
+
+
+# -- the cost model the engine's `auto` must follow (csrc/algorithms/common.cpp) -------------
+def _ring_us(nbytes, p, alpha, beta):
+    return 0.0 if p <= 1 else 2 * (p - 1) * alpha + 2 * (p - 1) / p * nbytes / (beta * 1e3)
+
+
+def _hd_us(nbytes, p, alpha, beta):
+    if p <= 1:
+        return 0.0
+    pow2, steps = 1, 0
+    while pow2 * 2 <= p:
+        pow2, steps = pow2 * 2, steps + 1
+    us = 2 * steps * alpha + 2 * (pow2 - 1) / pow2 * nbytes / (beta * 1e3)
+    return us + (2 * alpha + 2 * nbytes / (beta * 1e3) if pow2 != p else 0.0)
+
+
+def expected_choice(layout, nbytes, alpha, beta):
+    """What the model predicts fastest: hierarchical moves 1/L of the bytes between H hosts (the
+    shared-memory stages are taken as free next to the network); flat moves them all among H*L."""
+    flat_ring, flat_hd = _ring_us(nbytes, sum(layout), alpha, beta), _hd_us(nbytes, sum(layout), alpha, beta)
+    flat = "halving_doubling" if flat_hd <= flat_ring else "ring"
+    local = layout[0]
+    if len(set(layout)) == 1 and local >= 2:
+        cross = nbytes / local
+        hier = min(_ring_us(cross, len(layout), alpha, beta), _hd_us(cross, len(layout), alpha, beta))
+        if hier <= min(flat_ring, flat_hd):
+            return "hierarchical"
+    return flat
+
+
+LAYOUTS = {"2x2": [2, 2], "3x1": [1, 1, 1], "2+1": [2, 1]}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_topology_and_matrix(netns_hosts, tmp_path, name):
+    """One torchrun per host runs the whole matrix in the same processes (CI time)."""
+    layout = LAYOUTS[name]
+    world = sum(layout)
+    h = netns_hosts(layout)
+    allreduce = ta._cases(world, ["auto"], big=True)
+    family = [c for c in ta._family_cases() if c[1] <= 1009]
+    spec = tmp_path / "cases.json"
+    spec.write_text(json.dumps({"allreduce": allreduce, "family": family}))
+    out = tmp_path / "out"
+    out.mkdir()
+    job = h.torchrun(["tests/netns_job.py", str(out), "cases", str(spec)])
+    codes = job.wait(timeout=360)
+    res = nh.read_results(out, world, time.monotonic())
+    assert codes == [0] * len(layout) and len(res) == world, (codes, job.output())
+
+    topo = [res[r]["topology"] for r in range(world)]
+    host_of = [t["group_rank"] for t in topo]
+    assert len({t["hostname"] for t in topo}) == len(layout)
+    for r, t in enumerate(topo):
+        assert t["num_hosts"] == len(layout) and not t["single_host"], t
+        # Exactly the ranks of its own namespaced host share its memory: never one across hosts.
+        assert t["local_ranks"] == [q for q in range(world) if host_of[q] == host_of[r]], t
+        assert t["uniform"] == (len(set(layout)) == 1)
+        alpha, beta = t["config"]["FASTALLREDUCE_ALPHA_US"], t["config"]["FASTALLREDUCE_BETA_GBPS"]
+        assert t["choose"] == [expected_choice(layout, n, alpha, beta) for n in t["sizes"]], t
+    # With today's constants the model says: hierarchical wherever a host has several ranks.
+    assert set(topo[0]["choose"]) == {"hierarchical"} if name == "2x2" else "hierarchical" not in topo[0]["choose"]
+
+    ta._check([res[r]["allreduce"] for r in range(world)], allreduce, world)
+    ta._check([res[r]["family"] for r in range(world)], family, world)
+    used = {res[0]["allreduce"][i][2] for i in range(len(allreduce))}
+    assert used == {"hierarchical"} if name == "2x2" else used <= {"ring", "halving_doubling"}, used
+    for i in range(len(layout)):
+        assert h.shm_segments(i) == [], (i, h.shm_segments(i))
