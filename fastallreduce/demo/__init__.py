@@ -1,7 +1,7 @@
 """A miniature of Goyal et al.'s Table 1: large-minibatch SGD with and without warmup.
 
     python -m fastallreduce demo                 # about 5 minutes on 2 cores: 20,000 images, 6 epochs, 2 seeds
-    python -m fastallreduce demo --full          # 40-80 minutes: 60,000 images, 12 epochs, 3 seeds (docs/demo/)
+    python -m fastallreduce demo --full          # about 40 minutes: 60,000 images, 12 epochs, 3 seeds (docs/demo.md)
     python -m fastallreduce demo --quick         # CI: 1 epoch, 2 workers, 1 seed
 
 k worker processes (torch.distributed, gloo on loopback) train a small residual CNN on an IDX data

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="output directory (default results/)")
     p.add_argument("--full", action="store_true",
                    help=f"the full run: all training examples, {FULL['epochs']} epochs, {FULL['seeds']} seeds "
-                        "(40-80 minutes on 2 cores; the run in docs/demo/)")
+                        "(about 40 minutes on an idle 2-core machine; the run in docs/demo.md)")
     p.add_argument("--quick", action="store_true", help="CI: 1 epoch, 2 workers, 1 seed, a slice of the data")
     p.add_argument("--report", metavar="JSON", default=None,
                    help="print the table and conclusions of a saved demo.json and redraw its plot into --out; "
