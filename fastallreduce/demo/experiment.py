@@ -74,9 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# The run lengths: the default (about 5 minutes on 2 cores) and --full (about an hour). Options
-# given explicitly win over both.
-# --quick keeps CI to seconds: one epoch of a 512-example slice, minibatches 16 and 64.
+# The run lengths: the default, --full (docs/demo.md) and --quick (CI: one epoch of a 512-example
+# slice, minibatches 16 and 64). Options given explicitly win over all three.
 DEFAULT = {"epochs": 6, "seeds": 2, "train_size": 20000, "batch_per_worker": 32, "accum": 16}
 FULL = {**DEFAULT, "epochs": 12, "seeds": 3, "train_size": None}
 QUICK = {"epochs": 1, "seeds": 1, "train_size": None, "batch_per_worker": 8, "accum": 4}
@@ -134,8 +133,9 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "config": {"epochs": args.epochs, "workers": args.workers, "base_workers": base_workers,
                    "batch_per_worker": args.batch_per_worker, "accum": args.accum, "base_lr": args.base_lr,
                    "base_minibatch": base_minibatch, "warmup_epochs": warmup_epochs,
-                   "weight_decay": args.weight_decay, "width": args.width, "seeds": seeds, "data": args.data, "train_size": args.train_size,
-                   "quick": args.quick, "full": args.full, "comm": args.comm, "milestones": milestones_for(args.epochs), "momentum": 0.9},
+                   "weight_decay": args.weight_decay, "width": args.width, "seeds": seeds, "data": args.data,
+                   "train_size": args.train_size, "quick": args.quick, "full": args.full, "comm": args.comm,
+                   "milestones": milestones_for(args.epochs), "momentum": 0.9},
         "runs": [],
     }
     progress = None

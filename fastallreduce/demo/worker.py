@@ -2,6 +2,7 @@
 runs on every worker process (one run's set-up, one epoch, the end of a run)."""
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from typing import Any
@@ -91,12 +92,8 @@ def _worker_epoch(epoch: int) -> dict[str, Any]:
             x, y = data["xtr"][idx], data["ytr"][idx]
             # Each worker's loss is its mean over n, divided by accum; DDP's hook averages over the
             # k workers, so the step uses the mean over the whole minibatch k·n·accum.
-            if m < accum - 1:
-                with ddp.no_sync():
-                    out = ddp(x)
-                    loss = F.cross_entropy(out, y)
-                    (loss / accum).backward()
-            else:
+            # All but the last micro-batch accumulate locally; the last one's backward allreduces.
+            with ddp.no_sync() if m < accum - 1 else contextlib.nullcontext():
                 out = ddp(x)
                 loss = F.cross_entropy(out, y)
                 (loss / accum).backward()
