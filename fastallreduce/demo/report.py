@@ -96,8 +96,8 @@ def paper_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
     std = max(g["error_std"], b["error_std"])
     out.append({"name": "final: gradual warmup matches the baseline", "passed": bool(abs(gap) <= std),
                 "text": f"final test error: gradual warmup {g['error_mean']:.2f} % vs baseline {b['error_mean']:.2f} %, "
-                        f"gap {gap:+.2f} against one seed-std {std:.2f} (paper: {PAPER['gradual warmup']['error'][0]} "
-                        f"vs {PAPER['baseline']['error'][0]})"})
+                        f"gap {gap:+.2f} against one seed-std {std:.2f} (paper: {PAPER['gradual warmup']['error'][0]:.2f} "
+                        f"vs {PAPER['baseline']['error'][0]:.2f})"})
     return out
 
 
