@@ -21,6 +21,7 @@ from torch.futures import Future
 
 from . import _C
 from .arrays import ArrayFuture, as_tensor
+from .registered import RegisteredBuffers
 
 log = logging.getLogger("fastallreduce")
 if os.environ.get("FASTALLREDUCE_LOG", "").lower() == "debug":
@@ -107,7 +108,7 @@ def _algo_code(name: str) -> int:
         raise ValueError(f"fastallreduce: unknown algorithm {name!r}; choose from {ALGORITHMS}") from None
 
 
-class Communicator:
+class Communicator(RegisteredBuffers):
     """Collectives over the ranks of a torch.distributed process group, on the fastallreduce engine.
 
     Creating one is a collective over ``group``: every member must construct it, in the same
@@ -128,7 +129,9 @@ class Communicator:
     wait for the GPU); ``async_op=True`` returns a CUDA-aware Future (``wait()`` makes the current
     stream wait, ``then`` callbacks run after the op). ``algorithm`` chooses among CPU paths only.
     DLPack-capable arrays (NumPy, CuPy) are accepted wherever a tensor is, zero-copy, and given
-    back as they came (:mod:`fastallreduce.arrays`).
+    back as they came (:mod:`fastallreduce.arrays`). Tensors in registered memory
+    (:meth:`empty`, :meth:`register`) are reduced in place without a copy into shared memory
+    (:mod:`fastallreduce.registered`).
 
     Faults are errors on every rank, never hangs: a mismatched call (kind, size, dtype, op, root,
     algorithm) raises :class:`MismatchError`; a call one rank rejects (a bad argument raises

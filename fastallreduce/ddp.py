@@ -11,6 +11,14 @@ size, as DDP's default hook does), with the buffer's shape and dtype. The reduct
 communicator's worker thread while backprop continues; a CUDA bucket's runs on the communicator's
 NCCL group, ordered after the work queued on the current stream, and the Future is CUDA-aware.
 
+Zero-copy buckets: the first time the hook sees a CPU bucket, it moves the bucket's storage into
+the Communicator's registered memory (:meth:`fastallreduce.Communicator.register`). DDP keeps
+the same bucket tensor from step to step, and every tensor on that storage follows the move
+(with ``gradient_as_bucket_view=True`` the parameters' ``.grad`` are such views), so every later
+allreduce of that bucket reads the ranks' buckets in place instead of copying them into shared
+memory. A bucket that cannot move (see :data:`ZERO_COPY_FALLBACKS`) keeps the copying path;
+``stats()["bytes_copied_in"]`` shows what a step copied.
+
 The update fused into the hook (:func:`register_fused_optimizer`, :class:`FusedSGDState`,
 :func:`fused_sgd_hook`) lives in :mod:`fastallreduce.fused` and is re-exported here.
 
@@ -38,7 +46,15 @@ log = logging.getLogger("fastallreduce")
 
 _COMPRESSION = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Left out when a state is pickled: they belong to this process (see HookState.__getstate__).
-_PROCESS_LOCAL = ("_comm", "process_group", "_lock", "_comm_lock", "_wire")
+_PROCESS_LOCAL = ("_comm", "process_group", "_lock", "_comm_lock", "_wire", "_refused")
+
+#: Why a bucket stays on the copying path (keys of ``HookState.zero_copy_fallbacks``).
+ZERO_COPY_FALLBACKS = {
+    "disabled": "HookState(zero_copy=False)",
+    "device": "the bucket is not on the CPU (CUDA buckets run on NCCL)",
+    "layout": "the bucket is not a dense contiguous tensor that owns its whole storage",
+    "no_local_peers": "no other rank shares this host's memory, or the registration table is full",
+}
 
 
 class HookState:
@@ -50,6 +66,8 @@ class HookState:
         algorithm: the Communicator algorithm ("auto" picks per bucket size and topology).
         compression: None, "bf16" or "fp16": cast gradients for the wire and back afterwards.
         communicator: reuse an existing Communicator over the same ranks instead of making one.
+        zero_copy: move each CPU bucket into the Communicator's registered memory the first time
+            the hook sees it, so that its allreduces copy nothing into shared memory.
 
     A copy of the state (``copy.deepcopy``, pickling, ``torch.save`` of the DDP model) keeps the
     options and statistics, uses the default process group (as DDP's own copies do; a warning
@@ -58,13 +76,16 @@ class HookState:
     copy; it never happens while unpickling.
 
     ``stats()`` reports, for the last completed step: bytes reduced, time spent in
-    communication (sum over buckets, from hook call to completion), and exposed communication:
-    how long after the last bucket was handed over (the end of backward) the last reduction
-    finished.
+    communication (sum over buckets, from hook call to completion), exposed communication: how
+    long after the last bucket was handed over (the end of backward) the last reduction
+    finished, and the bytes the step's allreduces copied into shared memory (0 once every bucket
+    is registered). ``zero_copy_fallbacks`` counts the buckets that stayed on the copying path,
+    by reason (:data:`ZERO_COPY_FALLBACKS`).
     """
 
     def __init__(self, process_group: Optional[dist.ProcessGroup] = None, *, algorithm: str = "auto",
-                 compression: Optional[str] = None, communicator: Optional[Communicator] = None) -> None:
+                 compression: Optional[str] = None, communicator: Optional[Communicator] = None,
+                 zero_copy: bool = True) -> None:
         if compression not in _COMPRESSION:
             raise ValueError(f"fastallreduce: compression must be one of None, 'bf16', 'fp16'; got {compression!r}")
         self.process_group = process_group
@@ -75,8 +96,12 @@ class HookState:
         self._comm_lock = threading.Lock()
         self._lock = threading.Lock()
         self._wire: Dict[int, torch.Tensor] = {}  # bucket index -> idle 16-bit wire copy (compression)
+        self.zero_copy = bool(zero_copy)
+        self.zero_copy_fallbacks: Dict[str, int] = {}
+        self._copied_mark = 0
         self._reset_step()
-        self._last: Dict[str, float] = {"bytes": 0, "buckets": 0, "comm_time_s": 0.0, "exposed_s": 0.0}
+        self._last: Dict[str, float] = {"bytes": 0, "buckets": 0, "comm_time_s": 0.0, "exposed_s": 0.0,
+                                        "bytes_copied_in": 0}
         self.steps = 0
         self.buffer_syncs = 0  # buffer broadcasts run on this state's Communicator (register(buffers=True))
 
@@ -94,6 +119,7 @@ class HookState:
             if self._new_step:
                 self._reset_step()
                 self._new_step = False
+                self._copied_mark = self._copied_in()
             self._bytes += nbytes
             self._buckets += 1
             self._pending += 1
@@ -108,12 +134,21 @@ class HookState:
             self._pending -= 1
             if self._pending == 0 and self._last_call is not None:
                 self._last = {"bytes": self._bytes, "buckets": self._buckets, "comm_time_s": self._comm_time,
-                              "exposed_s": max(0.0, now - self._last_call)}
+                              "exposed_s": max(0.0, now - self._last_call),
+                              "bytes_copied_in": self._copied_in() - self._copied_mark}
                 self.steps += 1
                 self._new_step = True
 
+    def _copied_in(self) -> int:
+        comm = self._comm
+        return comm.stats()["bytes_copied_in"] if comm is not None else 0
+
+    def _fallback(self, reason: str) -> None:
+        self.zero_copy_fallbacks[reason] = self.zero_copy_fallbacks.get(reason, 0) + 1
+
     def stats(self) -> Dict[str, float]:
-        """Statistics of the last completed step: bytes, buckets, comm_time_s, exposed_s."""
+        """Statistics of the last completed step: bytes, buckets, comm_time_s, exposed_s,
+        bytes_copied_in."""
         with self._lock:
             return dict(self._last)
 
@@ -143,6 +178,9 @@ class HookState:
         self._comm_lock = threading.Lock()
         self._lock = threading.Lock()
         self._wire = {}
+        self.__dict__.setdefault("zero_copy", True)
+        self.__dict__.setdefault("zero_copy_fallbacks", {})
+        self._copied_mark = 0
         self._reset_step()
         if not default_group:
             log.warning("fastallreduce: a copied HookState uses the default process group; set its "
@@ -161,6 +199,8 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     if buf.is_sparse:
         raise RuntimeError("fastallreduce.ddp.allreduce_hook does not support sparse gradients")
     comm = state.comm
+    if state.compression is None:
+        _move_to_registered(state, comm, buf)
     t0 = state._started(buf.numel() * buf.element_size(), bucket.is_last())
     if state.compression is not None and buf.dtype != state.compression:
         # The wire copy is reused across steps; it is taken out while in flight, so a call that
@@ -168,7 +208,8 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
         index = bucket.index()
         wire = state._wire.pop(index, None)
         if wire is None or wire.shape != buf.shape or wire.device != buf.device:
-            wire = torch.empty(buf.shape, dtype=state.compression, device=buf.device)
+            wire = (comm.empty(buf.shape, dtype=state.compression) if state.zero_copy and buf.device.type == "cpu"
+                    else torch.empty(buf.shape, dtype=state.compression, device=buf.device))
         torch.div(buf, comm.size, out=wire)  # divided in the buffer's precision, rounded once
         fut = comm.allreduce(wire, op="sum", async_op=True)
 
@@ -190,6 +231,30 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
             state._finished(t0)
 
     return fut.then(done)
+
+
+def _move_to_registered(state: HookState, comm: Communicator, buf: torch.Tensor) -> None:
+    """Moves a bucket into registered memory the first time the hook sees it (see the module
+    docstring); a bucket that cannot move is counted in ``state.zero_copy_fallbacks`` once."""
+    if comm.is_registered(buf):
+        return
+    refused = state.__dict__.setdefault("_refused", set())
+    key = (buf.device.type, buf.data_ptr(), buf.numel())
+    if key in refused:  # tried once: not again every step
+        return
+    reason = None
+    if not state.zero_copy:
+        reason = "disabled"
+    elif buf.device.type != "cpu":
+        reason = "device"
+    elif (not buf.is_contiguous() or buf.storage_offset() != 0
+          or buf.untyped_storage().nbytes() != buf.numel() * buf.element_size()):
+        reason = "layout"  # the storage holds more than the bucket: moving it could move others' data
+    elif not comm.register(buf):
+        reason = "no_local_peers"
+    if reason is not None:
+        refused.add(key)
+        state._fallback(reason)
 
 
 class _BufferBroadcast:
@@ -304,4 +369,4 @@ def register(ddp_model: torch.nn.parallel.DistributedDataParallel, *, buffers: b
 # Re-exported: the fused update lives in its own module (which builds on this one).
 from .fused import FusedSGDState, fused_sgd_hook, register_fused_optimizer  # noqa: E402
 
-__all__ = ["HookState", "allreduce_hook", "register", "FusedSGDState", "fused_sgd_hook", "register_fused_optimizer"]
+__all__ = ["HookState", "allreduce_hook", "register", "ZERO_COPY_FALLBACKS", "FusedSGDState", "fused_sgd_hook", "register_fused_optimizer"]

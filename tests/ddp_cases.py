@@ -7,14 +7,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import fastallreduce as far
 
 
+IN_WIDE = 64  # input width of the wide model (buckets of 64-256 KiB with bucket_cap_mb=0.1)
+
+
 class Net(nn.Module):
-    def __init__(self, unused: bool = False, int_valued: bool = False, bn: bool = False):
+    def __init__(self, unused: bool = False, int_valued: bool = False, bn: bool = False, wide: bool = False):
         super().__init__()
-        self.a = nn.Linear(16, 32)
+        d, h = (IN_WIDE, 256) if wide else (16, 32)
+        self.a = nn.Linear(d, h)
         # Buffers (running stats, an int64 counter) that DDP broadcasts before every forward.
-        self.bn = nn.BatchNorm1d(32) if bn else None
-        self.b = nn.Linear(32, 32)
-        self.c = nn.Linear(32, 4)
+        self.bn = nn.BatchNorm1d(h) if bn else None
+        self.b = nn.Linear(h, h)
+        self.c = nn.Linear(h, 4)
         self.unused = nn.Linear(4, 4) if unused else None
         if int_valued:
             with torch.no_grad():
@@ -30,17 +34,19 @@ class Net(nn.Module):
 
 def train(hook: bool, steps: int = 10, *, compression=None, gradient_as_bucket_view=False, static_graph=False,
           find_unused=False, unused=False, accumulate=1, bucket_cap_mb=0.002, group_ranks=None,
-          uneven=False, int_valued=False, algorithm="auto", bn=False, buffers=True, device="cpu"):
+          uneven=False, int_valued=False, algorithm="auto", bn=False, buffers=True, device="cpu", wide=False,
+          zero_copy=True):
     """Trains the same model with DDP; returns the final parameters and buffers (CPU copies, and hook stats)."""
     rank = dist.get_rank()
     group = dist.new_group(group_ranks) if group_ranks is not None else None
     if group_ranks is not None and rank not in group_ranks:
         return None
     torch.manual_seed(0)
-    model = Net(unused=unused, int_valued=int_valued, bn=bn).to(device)
+    model = Net(unused=unused, int_valued=int_valued, bn=bn, wide=wide).to(device)
     ddp = DDP(model, process_group=group, gradient_as_bucket_view=gradient_as_bucket_view,
               static_graph=static_graph, find_unused_parameters=find_unused, bucket_cap_mb=bucket_cap_mb)
-    state = far.ddp.register(ddp, compression=compression, algorithm=algorithm, buffers=buffers) if hook else None
+    state = (far.ddp.register(ddp, compression=compression, algorithm=algorithm, buffers=buffers, zero_copy=zero_copy)
+             if hook else None)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05 if not int_valued else 2.0 ** -10, momentum=0.0 if int_valued else 0.9)
     g = torch.Generator().manual_seed(100 + rank)
     n_batches = steps * accumulate + (rank if uneven else 0)
@@ -49,7 +55,7 @@ def train(hook: bool, steps: int = 10, *, compression=None, gradient_as_bucket_v
         if int_valued:
             x = torch.randint(-1, 2, (8, 16), generator=g).float()
         else:
-            x = torch.randn(8, 16, generator=g)
+            x = torch.randn(8, IN_WIDE if wide else 16, generator=g)
         batches.append(x.to(device))
 
     def step_loss(x):
@@ -79,7 +85,9 @@ def train(hook: bool, steps: int = 10, *, compression=None, gradient_as_bucket_v
     if state is not None:
         logging_data = ddp._get_ddp_logging_data()
         stats = dict(stats, comm_hook=logging_data.get("comm_hook"), buffer_syncs=state.buffer_syncs,
-                     forwards=n_batches)
+                     forwards=n_batches, zero_copy_fallbacks=dict(state.zero_copy_fallbacks),
+                     grads_registered=[state.comm.is_registered(p.grad) for p in model.parameters()
+                                       if p.grad is not None])
     return params, stats
 
 
@@ -115,7 +123,7 @@ def train_fused(fused: bool, steps: int = 12, accumulate: int = 1, gradient_as_b
     for i in range(steps):
         opt.zero_grad()
         for j in range(accumulate):
-            x = torch.randn(8, 16, generator=g).to(device)
+            x = torch.randn(8, IN_WIDE if wide else 16, generator=g).to(device)
             if j < accumulate - 1:
                 with ddp.no_sync():
                     (ddp(x) ** 2).mean().backward()

@@ -54,6 +54,31 @@ def test_parity_options(pool, opt):
     _compare(pool, 2, bn=True, **opt)
 
 
+ZERO_COPY_OPTS = [dict(), dict(gradient_as_bucket_view=True), dict(static_graph=True),
+                  dict(find_unused=True, unused=True), dict(accumulate=3), dict(uneven=True),
+                  dict(gradient_as_bucket_view=True, static_graph=True)]
+
+
+@pytest.mark.parametrize("opt", ZERO_COPY_OPTS, ids=lambda o: ",".join(o) or "defaults")
+def test_zero_copy_buckets(pool, opt):
+    """Buckets of 64-300 KiB, moved into registered memory at their first hook call: the last
+    step copies nothing into shared memory, training matches DDP's own allreduce, and with
+    gradient_as_bucket_view every .grad is still a view of its (moved) bucket."""
+    got = _compare(pool, 2, wide=True, bucket_cap_mb=0.1, bn=True, **opt)
+    for r, (_, stats) in enumerate(got):
+        assert stats["buckets"] >= 2, stats
+        assert stats["bytes_copied_in"] == 0, (r, stats)
+        assert stats["zero_copy_fallbacks"] == {}, (r, stats)
+        if opt.get("gradient_as_bucket_view"):
+            assert stats["grads_registered"] and all(stats["grads_registered"]), (r, stats)
+
+
+def test_zero_copy_off_copies(pool):
+    got = pool(2).run(dc.train, True, wide=True, bucket_cap_mb=0.1, zero_copy=False, timeout=TIMEOUT)
+    for _, stats in got:
+        assert stats["bytes_copied_in"] > 0 and set(stats["zero_copy_fallbacks"]) == {"disabled"}, stats
+
+
 def test_parity_subgroup(pool):
     _compare(pool, 3, group_ranks=[0, 2], bn=True)
 

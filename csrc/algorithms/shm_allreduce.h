@@ -2,7 +2,9 @@
 // reduce-scatter and allgather (the hierarchical algorithm plugs the cross-host allreduce in).
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <functional>
 
 #include "algorithms/algorithm.h"
@@ -21,11 +23,19 @@ struct ShmOptions {
   int threads = 1;
 };
 
+// What the shared-memory allreduce did (Communicator::stats()).
+struct ShmStats {
+  std::atomic<uint64_t> bytes_copied_in{0};  // callers' bytes copied into the segments
+  std::atomic<uint64_t> copying_calls{0};
+  std::atomic<uint64_t> zero_copy_calls{0};
+};
+
 struct ShmContext {
   ShmGroup& group;
   const Header& header;
   std::chrono::steady_clock::time_point deadline;
   const std::function<void()>& poll;
+  ShmStats* stats = nullptr;
 };
 
 // Runs on each chunk's reduced slice (in shared memory) before the allgather. The job it gets
@@ -58,7 +68,11 @@ void publish_filled(ShmContext& ctx, const ShmChunk& c);
 // elsewhere (point-to-point, or another backend), in step with every other shared-memory call.
 void shm_header_only(ShmContext& ctx);
 
-// In-place allreduce of `job` (job.src is copied in, the result lands in job.buf).
+// In-place allreduce of `job` (job.src is copied in, the result lands in job.buf). When every
+// rank's header names a registered input (job.src == job.buf, in memory peers can map) at the
+// same offset, nothing is copied in: every rank reduces its slice straight from the peers'
+// buffers into its own, then copies the other slices from their owners. The sums are the same,
+// in the same order, as on the copying path, so the bits are too.
 void shm_allreduce(ShmContext& ctx, const Job& job, const ShmOptions& o, const SliceStage* stage = nullptr);
 
 }  // namespace far

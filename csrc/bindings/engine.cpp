@@ -110,6 +110,23 @@ void bind(py::module& m) {
             c.reject(is_type_error ? type_error(message) : value_error(message));
           },
           "Publishes that this rank rejects its next call (peers making it raise), then raises.")
+      .def(
+          "empty",
+          [](Communicator& c, std::vector<int64_t> sizes, at::ScalarType dtype) { return c.empty(sizes, dtype); },
+          py::arg("sizes"), py::arg("dtype"), py::call_guard<py::gil_scoped_release>())
+      .def("register_storage", &Communicator::register_storage, py::arg("tensor"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("is_registered", &Communicator::is_registered, py::arg("tensor"))
+      .def("stats",
+           [](const Communicator& c) {
+             const auto s = c.stats();
+             py::dict d;
+             d["bytes_copied_in"] = s.bytes_copied_in;
+             d["copying_calls"] = s.copying_calls;
+             d["zero_copy_calls"] = s.zero_copy_calls;
+             d["registrations"] = s.registrations;
+             return d;
+           })
       .def("supports", [](const Communicator& c, int algo) { return c.supports(code<Algo>(algo, kNumUserAlgos, "algorithm")); })
       .def("choose", [](const Communicator& c, size_t bytes) { return std::string(algo_name(c.choose(bytes))); })
       .def_property_readonly("last_algorithm", [](const Communicator& c) { return std::string(algo_name(c.last_algorithm())); })

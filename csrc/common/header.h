@@ -22,6 +22,11 @@ struct Header {
   uint8_t dtype = 0;   // c10::ScalarType: delegated calls may use dtypes the kernels lack
   uint8_t op = 0, algo = 0, kind = 0;
   uint32_t root = 0;  // broadcast's source rank
+  // The input's registered buffer on this rank (0: not registered) and its offset there. Not
+  // part of the call: ranks may differ, and the path follows from every rank's (zero-copy only
+  // when all are registered at the same offset).
+  uint32_t reg = 0;
+  uint64_t reg_offset = 0;
 
   bool same_call(const Header& o) const {
     return magic == o.magic && version == o.version && device == o.device && seq == o.seq && count == o.count && dtype == o.dtype && op == o.op &&
@@ -37,6 +42,6 @@ struct Header {
     return s + " algorithm=" + algo_name(static_cast<Algo>(algo));
   }
 };
-static_assert(sizeof(Header) == 32, "header travels as 32 raw bytes");
+static_assert(sizeof(Header) == 48, "header travels as 48 raw bytes");
 
 }  // namespace far

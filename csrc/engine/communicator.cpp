@@ -65,6 +65,7 @@ Communicator::Communicator(c10::intrusive_ptr<c10d::Store> store, int rank, int 
       if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
     shm_ = std::make_unique<ShmGroup>(topo_.local_rank, topo_.local, store_, tag.substr(0, 40), cfg_.shm_slot_bytes,
                                       timeout);
+    registry_ = std::make_shared<ShmRegistry>(shm_.get(), tag.substr(0, 40));
   }
   opts_.make_backend = nullptr;  // the factory may hold interpreter objects: drop it now
   make_nccl_ = std::move(opts_.make_nccl);  // kept until the first CUDA call or close()
@@ -109,6 +110,7 @@ Communicator::~Communicator() {
     interrupt_transports();
   }
   close();
+  if (registry_) registry_->detach();  // before shm_ goes: registered tensors may live on
   if (worker_ && worker_->joinable()) {
     // Only when the last reference dropped on the worker thread itself (a future callback): it
     // returns into worker_loop, which from here on touches only the shared queue state.
@@ -327,6 +329,7 @@ void Communicator::abort(const std::string& reason) {
   if (g_fork_generation.load() != fork_generation_) return;
   publish_abort("fault|fastallreduce: rank " + std::to_string(rank_) + " aborted: " + reason);
   interrupt_transports();
+  if (registry_) registry_->unlink_all();  // no peer maps them any more
   // NCCL kernels waiting for a peer never return by themselves: abort the group (torch's way).
   c10::intrusive_ptr<c10d::Backend> nccl;
   {

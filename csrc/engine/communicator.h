@@ -27,6 +27,7 @@
 #include "engine/topology.h"
 #include "transport/gloo.h"
 #include "transport/shm.h"
+#include "transport/shm_registry.h"
 
 namespace far {
 
@@ -77,6 +78,21 @@ class Communicator {
   // call every rank makes (after its header check). NotImplementedError without a factory.
   c10::intrusive_ptr<c10d::Backend> nccl();
   bool nccl_made() const;
+
+  // -- registered buffers (registered.cpp) ---------------------------------------------
+  // A tensor whose memory every local rank's shared-memory collectives read in place (an
+  // ordinary tensor where there are no local peers or the registration table is full). Not a
+  // collective; the memory lives as long as the tensor, also past the communicator.
+  at::Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype);
+  // Moves the storage of CPU tensor `t` (every tensor and view sharing it follows) into a new
+  // registration, contents included; false, changing nothing, where it cannot. Call it only
+  // while no other thread uses the storage.
+  bool register_storage(const at::Tensor& t);
+  bool is_registered(const at::Tensor& t) const;
+  struct Stats {
+    uint64_t bytes_copied_in, copying_calls, zero_copy_calls, registrations;
+  };
+  Stats stats() const;
 
   // Whether an explicitly requested algorithm can run on this topology.
   bool supports(Algo a) const;
@@ -141,6 +157,8 @@ class Communicator {
   void watch_nccl(const c10::intrusive_ptr<c10d::Work>& work, const Header& h);
   void announce(const Header& h);
   ShmOptions shm_options() const;
+  // The header's registration fields, when `c` reads a registered input in place.
+  void mark_registered(Call& c) const;
   // The shared-memory paths' view of the op in progress (`h` must outlive it).
   ShmContext shm_context(const Header& h);
   static bool on_shm(Algo a);
@@ -167,6 +185,8 @@ class Communicator {
   c10::intrusive_ptr<c10d::Backend> pg_, cross_pg_;
   std::unique_ptr<P2P> p2p_, cross_;
   std::unique_ptr<ShmGroup> shm_;
+  std::shared_ptr<ShmRegistry> registry_;  // with shm_; outlives it in the tensors it registered
+  ShmStats shm_stats_;
   // The NCCL group (made lazily) and what its watchdog reported (written from torch's thread).
   mutable std::mutex nccl_mu_;
   BackendFactory make_nccl_;

@@ -76,6 +76,10 @@ std::exception_ptr Communicator::execute(Task& task) {
     completed_.fetch_add(1);
     return nullptr;
   } catch (const CommError& e) {
+    // A peer killed between creating and unlinking a segment (its group's or a registration's)
+    // left it in /dev/shm; so may this rank's registrations, which no peer will map now.
+    remove_stale_segments();
+    if (registry_) registry_->unlink_all();
     if (!aborted_ || fired_.load() == 4) {
       const char* kind = dynamic_cast<const MismatchError*>(&e)      ? "mismatch"
                          : dynamic_cast<const CommTimeoutError*>(&e) ? "timeout"
@@ -111,7 +115,7 @@ void Communicator::announce(const Header& h) {
     std::fprintf(stderr, "[fastallreduce %s rank %d] %s\n", opts_.name.c_str(), rank_, h.describe().c_str());
 }
 
-ShmContext Communicator::shm_context(const Header& h) { return ShmContext{*shm_, h, deadline_, poll_fn_}; }
+ShmContext Communicator::shm_context(const Header& h) { return ShmContext{*shm_, h, deadline_, poll_fn_, &shm_stats_}; }
 
 bool Communicator::on_shm(Algo a) { return a == Algo::kShm || a == Algo::kHierarchical; }
 

@@ -153,6 +153,7 @@ Call Communicator::prepare(const Collective& c) const {
   h.device = static_cast<uint8_t>(c.input.device().type());
   h.count = static_cast<uint64_t>(k == Kind::kReduceScatter ? out_n : in_n);
   h.algo = static_cast<uint8_t>(call.algo);
+  mark_registered(call);
   return call;
 }
 

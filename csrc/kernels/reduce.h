@@ -13,7 +13,8 @@ namespace far {
 void reduce_inplace(void* dst, const void* src, size_t n, DType t, RedOp op, int threads = 1);
 
 // dst[i] = op(srcs[0][i], srcs[1][i], ...) in the fixed order 0..k-1. 16-bit floats accumulate
-// in float32 and round once. For avg, the sum is divided by `divisor` before rounding.
+// in float32 and round once. For avg, the sum is divided by `divisor` before rounding. `dst` may
+// be one of `srcs` (each element is read from every source before it is written).
 void reduce_many(void* dst, const void* const* srcs, int k, size_t n, DType t, RedOp op,
                  int divisor, int threads = 1);
 

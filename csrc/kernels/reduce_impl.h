@@ -70,8 +70,10 @@ void inplace_t(S* __restrict dst, const S* __restrict src, size_t n) {
   for (size_t i = 0; i < n; ++i) dst[i] = T::store(apply<S, OP>(T::load(dst[i]), T::load(src[i])));
 }
 
+// `dst` may be one of `srcs` (the zero-copy path reduces a registered buffer in place): every
+// block is read into the accumulator before any of it is stored, so dst is not restrict.
 template <typename S, RedOp OP>
-void many_t(S* __restrict dst, const S* const* srcs, int k, size_t n, int divisor) {
+void many_t(S* dst, const S* const* srcs, int k, size_t n, int divisor) {
   using T = Traits<S>;
   using C = typename T::C;
   constexpr size_t kBlock = 1024;  // keep the float32 accumulator in L1
@@ -84,7 +86,7 @@ void many_t(S* __restrict dst, const S* const* srcs, int k, size_t n, int diviso
       const S* __restrict s = srcs[r] + base;
       for (size_t i = 0; i < m; ++i) acc[i] = apply<S, OP>(acc[i], T::load(s[i]));
     }
-    S* __restrict d = dst + base;
+    S* d = dst + base;
     if constexpr (OP == RedOp::kAvg) {
       const C div = (C)divisor;
       for (size_t i = 0; i < m; ++i) d[i] = T::store(acc[i] / div);

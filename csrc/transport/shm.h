@@ -11,10 +11,15 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/header.h"
+#include "transport/shm_segment.h"
 
 namespace far {
 
@@ -23,6 +28,16 @@ struct alignas(64) ShmCounter {
   std::atomic<uint32_t> value{0};
   std::atomic<uint32_t> waiters{0};
 };
+
+// A registered buffer of the control block's owner: a segment of its own, listed so that peers
+// can map it when a collective's header names it. serial 0 marks a free entry.
+struct ShmRegEntry {
+  std::atomic<uint32_t> serial{0};
+  std::atomic<uint32_t> attached{0};  // peers that mapped it; the last one unlinks the name
+  uint64_t bytes = 0;
+  char name[112] = {};
+};
+constexpr int kMaxRegistrations = 64;
 
 struct ShmControl {
   uint64_t magic;
@@ -34,6 +49,7 @@ struct ShmControl {
   ShmCounter reduced;  // chunk k: my slice reduced (and allreduced across hosts)
   ShmCounter done;     // chunk k: result copied out; my slot may be reused for chunk k+2
   alignas(64) Header header[2];  // the collective each slot's chunk belongs to
+  ShmRegEntry regs[kMaxRegistrations];
 };
 
 struct ShmPeers {
@@ -76,14 +92,32 @@ class ShmGroup {
   void mark_aborted() { ctrl(me_).aborted.store(1, std::memory_order_seq_cst); }
   int aborted_peer() const;
 
+  // -- registered buffers (shm_registry.cpp) --
+  // Lists one of my registrations in my control block (any thread); the entry, or -1 when the
+  // table is full. unlist_registration frees the entry.
+  int list_registration(uint32_t serial, const OwnSegment& seg);
+  void unlist_registration(int entry);
+  // Local rank r's registration `serial`, mapped at its first use and cached; it must hold at
+  // least `bytes`. Mappings of registrations their owner has released are dropped here too.
+  // Throws CommError when r lists no such registration. Only the collective's thread calls it.
+  char* peer_registration(int r, uint32_t serial, size_t bytes);
+
  private:
+  struct PeerMapping {
+    char* data;
+    size_t bytes;
+  };
+  void unmap_peers();
+  void drop_released_mappings();
   void wait_one(int r, ShmCounter ShmControl::*which, uint32_t target, const char* phase, const Header& h,
                 std::chrono::steady_clock::time_point deadline, const std::function<void()>& poll);
   int me_;
   ShmPeers peers_;
   size_t slot_bytes_, seg_bytes_;
   std::vector<char*> base_;
-  std::string my_name_;
+  std::unique_ptr<OwnSegment> own_;
+  std::mutex reg_mu_;  // my registration table: written from any thread
+  std::map<std::pair<int, uint32_t>, PeerMapping> peer_regs_;
   uint32_t chunks_ = 0;
   bool spin_;
 };

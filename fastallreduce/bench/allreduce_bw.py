@@ -113,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1: check every iteration (default); 0: check one extra iteration after the timed ones")
     p.add_argument("-a", "--algorithms", default=DEFAULT_ALGORITHMS,
                    help="comma-separated fastallreduce algorithms, and/or 'backend' (torch.distributed.all_reduce "
-                        "on a group of the fastallreduce backend); ones that this build cannot run are skipped "
-                        f"with a note (default {DEFAULT_ALGORITHMS})")
+                        "on a group of the fastallreduce backend), 'registered' (auto on a tensor in registered "
+                        "memory: zero-copy in place), 'deepspeed' (DeepSpeed's CPU allreduce, an anchor, when "
+                        "installed); ones that cannot run here are skipped with a note "
+                        f"(default {DEFAULT_ALGORITHMS})")
     p.add_argument("--dist-backend", default="gloo",
                    help="torch.distributed backend of the ranks' default group, e.g. fastallreduce (default gloo); "
                         "the reference is measured on a gloo group either way")

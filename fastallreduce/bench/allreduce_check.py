@@ -24,6 +24,14 @@ REFERENCE = "gloo"
 BACKEND = "backend"
 #: Implementations timed through torch.distributed.all_reduce (no out= form; gloo has no AVG).
 DIST_IMPLS = (REFERENCE, BACKEND)
+#: fastallreduce (algorithm auto) on a tensor in registered memory: in place, nothing is copied
+#: into shared memory; out of place (the output registered, the input not) it copies as usual.
+REGISTERED = "registered"
+#: An anchor, when installed: DeepSpeed's CPU shared-memory allreduce
+#: (torch.ops.deepspeed.inference_all_reduce_: float32 or bfloat16 SUM only, one host).
+DEEPSPEED = "deepspeed"
+#: Implementations that take a tensor in place and nothing else (out of place: copy, then reduce).
+INPLACE_IMPLS = DIST_IMPLS + (DEEPSPEED,)
 
 
 _PERIOD = 7  # a prime, so that rank patterns do not line up with power-of-two chunk boundaries

@@ -21,7 +21,8 @@ from typing import Any, Iterator, Optional, Union
 import torch
 
 from ..launch import LaunchedRanks, RankPool
-from .allreduce_check import BACKEND, DIST_IMPLS, DTYPES, REFERENCE, _tile, count_wrong, expected_period, make_input
+from .allreduce_check import (BACKEND, DEEPSPEED, DIST_IMPLS, DTYPES, INPLACE_IMPLS, REFERENCE, REGISTERED, _tile,
+                              count_wrong, expected_period, make_input)
 from .allreduce_report import format_tables, human_size, plot
 from .output import save_outputs
 
@@ -70,10 +71,36 @@ def _dist_group(impl: str) -> "torch.distributed.ProcessGroup":
     return g
 
 
-def _dist_allreduce(t: torch.Tensor, op: str, impl: str) -> None:
-    """``torch.distributed.all_reduce(t)`` in place on ``impl``'s group (see :func:`_dist_group`)."""
+def _deepspeed_setup(dtype: torch.dtype, op: str) -> None:
+    """Initialises DeepSpeed's CPU shared-memory allreduce over the default group's ranks (all on
+    this host). Raises NotImplementedError where it cannot run this dtype/op or is not installed."""
+    import os
+
     import torch.distributed as dist
 
+    if op != "sum" or dtype not in (torch.float32, torch.bfloat16):
+        raise NotImplementedError("DeepSpeed's CPU allreduce supports float32/bfloat16 sum only")
+    if "deepspeed" in _state["groups"]:
+        return
+    try:
+        import deepspeed
+    except ImportError as e:
+        raise NotImplementedError(f"deepspeed is not installed ({e})") from None
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    os.environ.update(LOCAL_RANK=str(rank), LOCAL_SIZE=str(world), RANK=str(rank), WORLD_SIZE=str(world))
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    _state["groups"]["deepspeed"] = True
+
+
+def _dist_allreduce(t: torch.Tensor, op: str, impl: str) -> None:
+    """``torch.distributed.all_reduce(t)`` in place on ``impl``'s group (see :func:`_dist_group`),
+    or DeepSpeed's allreduce for :data:`DEEPSPEED`."""
+    import torch.distributed as dist
+
+    if impl == DEEPSPEED:
+        torch.ops.deepspeed.inference_all_reduce_(t)
+        return
     group = _state["groups"][impl]
     if op == "avg" and impl == REFERENCE:  # gloo has no AVG: sum, then divide (part of the timed work)
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
@@ -104,12 +131,17 @@ def _rank_setup(impls: list[str], dtype_name: str, op: str, hosts: int = 0) -> d
             if name in DIST_IMPLS:
                 _dist_group(name)
                 _dist_allreduce(x, op, name)
+            elif name == DEEPSPEED:
+                _deepspeed_setup(dtype, op)
+                _dist_allreduce(x, op, name)
             else:
                 c = _state["comms"].get(name)
                 if c is None:
                     host_id = f"simulated-host-{rank * hosts // world}" if hosts else None
-                    c = far.Communicator(algorithm=name, host_id=host_id)
+                    c = far.Communicator(algorithm="auto" if name == REGISTERED else name, host_id=host_id)
                     _state["comms"][name] = c
+                if name == REGISTERED:
+                    x = c.empty(x.numel(), dtype=dtype).copy_(x)
                 c.allreduce(x, op=op)
             bad = count_wrong(x, _tile(expected_period(world, dtype, op), x.numel()), op)
             status[name] = None if bad == 0 else f"probe gave {bad} wrong elements"
@@ -133,6 +165,9 @@ def _buffers(count: int, dtype: torch.dtype, op: str) -> dict[str, torch.Tensor]
         work.copy_(inp)  # first touch outside the timed region
         b = {"key": key, "inp": inp, "work": work,
              "expected": _tile(expected_period(world, dtype, op), count)}
+        comm = _state["comms"].get(REGISTERED)
+        if comm is not None:  # the registered implementation's work buffer
+            b["registered"] = comm.empty(count, dtype=dtype).copy_(inp)
         _state["bufs"] = b
     return b
 
@@ -145,7 +180,9 @@ def _rank_measure(impl: str, count: int, dtype_name: str, op: str, warmup: int, 
     dtype = DTYPES[dtype_name]
     b = _buffers(count, dtype, op)
     inp, work, expected = b["inp"], b["work"], b["expected"]
-    comm = None if impl in DIST_IMPLS else _state["comms"][impl]
+    if impl == REGISTERED:
+        work = b["registered"]
+    comm = None if impl in INPLACE_IMPLS else _state["comms"][impl]
     result: dict[str, Any] = {}
     for mode in ("oop", "ip"):
         def once() -> float:
@@ -153,7 +190,7 @@ def _rank_measure(impl: str, count: int, dtype_name: str, op: str, warmup: int, 
                 work.copy_(inp)  # fresh input, outside the timed region
             t0 = time.perf_counter()
             if comm is None:
-                if mode == "oop":  # torch.distributed has no out-of-place all_reduce: copy, then reduce
+                if mode == "oop":  # no out-of-place all_reduce: copy, then reduce
                     work.copy_(inp)
                 _dist_allreduce(work, op, impl)
             elif mode == "oop":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .allreduce_check import BACKEND, REFERENCE
+from .allreduce_check import BACKEND, DEEPSPEED, REFERENCE, REGISTERED
 
 
 def human_size(nbytes: int) -> str:
@@ -32,6 +32,10 @@ def _title(name: str) -> str:
         return "torch.distributed gloo (reference)"
     if name == BACKEND:
         return "dist.all_reduce on the fastallreduce backend"
+    if name == REGISTERED:
+        return "fastallreduce algorithm=auto on registered memory (in place: zero-copy)"
+    if name == DEEPSPEED:
+        return "DeepSpeed CPU allreduce (anchor)"
     return f"fastallreduce algorithm={name}"
 
 

@@ -4,6 +4,11 @@ on a group of the "fastallreduce" torch.distributed backend, and DDP with the fa
 at DDP's default bucket size and at a small one.
 
     python -m fastallreduce.bench.ddp_step [--steps 10] [--buckets 25,1]
+
+``--comm-bound`` measures a model where communication dominates instead: a wide MLP (25M
+parameters, a batch of 8 per rank), with the rows no communication, DDP on gloo, the hook with
+copying (``zero_copy=False``), the hook with zero-copy buckets, and DDP with a no-op hook (the
+floor: DDP's own bucketing, no communication).
 """
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ MODES = ("nocomm", "ddp", "ddp_far", "hook")
 #: broadcast, i.e. what DDP's own bucketing costs without any communication (the floor under
 #: every DDP mode).
 MACHINERY = "ddp_noop"
+#: The hook with its buckets left where DDP put them (every allreduce copies into shared memory).
+HOOK_COPY = "hook_copy"
+#: Modes of --comm-bound, in order.
+COMM_BOUND_MODES = ("ddp", HOOK_COPY, "hook", MACHINERY)
 
 
 def _noop_hook(state, bucket):  # no annotations: this module's are strings, DDP checks them by identity
@@ -46,14 +55,28 @@ def resnet18_cifar(widths=(32, 64, 128, 256), classes: int = 10) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _rank_run(mode: str, bucket_mb: float, steps: int, warmup: int, batch: int, as_view: bool = False) -> dict:
+def wide_mlp(width: int = 4096, io: int = 1024, classes: int = 10) -> nn.Module:
+    """io -> width -> width -> io -> classes: 25.2M parameters at the defaults, little compute per
+    example, so that a small batch leaves the step to communication."""
+    return nn.Sequential(nn.Linear(io, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, io), nn.ReLU(), nn.Linear(io, classes))
+
+
+def _inputs(model_name: str, batch: int, g: torch.Generator):
+    if model_name == "mlp":
+        return torch.randn(batch, 1024, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    return torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
+
+
+def _rank_run(mode: str, bucket_mb: float, steps: int, warmup: int, batch: int, as_view: bool = False,
+              model_name: str = "resnet") -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     import fastallreduce as far
 
     torch.manual_seed(0)
-    model = resnet18_cifar()
+    model = wide_mlp() if model_name == "mlp" else resnet18_cifar()
     state = None
     if mode == "nocomm":
         net = model
@@ -64,16 +87,15 @@ def _rank_run(mode: str, bucket_mb: float, steps: int, warmup: int, batch: int, 
         group = far.backend.world_group() if mode == "ddp_far" else None
         quiet = {"forward_sync_buffers": False} if mode == MACHINERY else {}
         net = DDP(model, bucket_cap_mb=bucket_mb, process_group=group, gradient_as_bucket_view=as_view, **quiet)
-        if mode == "hook":
-            state = far.ddp.register(net)
+        if mode in ("hook", HOOK_COPY):
+            state = far.ddp.register(net, zero_copy=mode == "hook")
         elif mode == MACHINERY:
             net.register_comm_hook(None, _noop_hook)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator().manual_seed(dist.get_rank())
-    x = torch.randn(batch, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
+    x, y = _inputs(model_name, batch, g)
     lossf = nn.CrossEntropyLoss()
-    times, exposed = [], []
+    times, exposed, copied = [], [], []
     for i in range(warmup + steps):
         dist.barrier()
         t0 = time.perf_counter()
@@ -85,33 +107,40 @@ def _rank_run(mode: str, bucket_mb: float, steps: int, warmup: int, batch: int, 
             times.append(dt)
             if state is not None:
                 exposed.append(state.stats()["exposed_s"])
+                copied.append(state.stats()["bytes_copied_in"])
     if state is not None:
         state.comm.close()
-    return {"times": times, "exposed": exposed, "params": sum(p.numel() for p in model.parameters())}
+    return {"times": times, "exposed": exposed, "params": sum(p.numel() for p in model.parameters()),
+            "copied": copied}
 
 
 def run(world: int = 2, steps: int = 10, warmup: int = 3, bucket_mbs=(25.0, 1.0), batch: int = 32,
         pool: Optional[RankPool] = None, rounds: int = 3, gradient_as_bucket_view: bool = False,
-        machinery: bool = False) -> list[dict]:
+        machinery: bool = False, comm_bound: bool = False) -> list[dict]:
     """Measures every mode in one run on the same processes; returns one row per (mode, bucket).
 
     ``gradient_as_bucket_view`` is passed to every DDP; ``machinery`` adds the ``ddp_noop`` mode.
     The hook mode is ``fastallreduce.ddp.register(ddp)``: gradients and DDP's buffer broadcast on
-    the Communicator.
+    the Communicator. ``comm_bound`` measures the wide MLP with :data:`COMM_BOUND_MODES`.
     """
     own = pool is None
     pool = pool or RankPool(world, threads=1)
     rows = []
-    modes = MODES[1:] + ((MACHINERY,) if machinery else ())
+    modes = COMM_BOUND_MODES if comm_bound else MODES[1:] + ((MACHINERY,) if machinery else ())
+    model_name = "mlp" if comm_bound else "resnet"
     configs = [("nocomm", 0.0)] + [(m, b) for b in bucket_mbs for m in modes]
     samples: dict = {c: ([], [], 0) for c in configs}
+    copied: dict = {c: 0 for c in configs}
     try:
         # Interleave the modes over several rounds so that drift in a shared machine's load
         # hits them all alike.
         for _ in range(rounds):
             for mode, b in configs:
-                res = pool.run(_rank_run, mode, b, steps, warmup, batch, gradient_as_bucket_view, timeout=1800)
+                res = pool.run(_rank_run, mode, b, steps, warmup, batch, gradient_as_bucket_view, model_name,
+                               timeout=1800)
                 n = len(res[0]["times"])
+                if res[0]["copied"]:
+                    copied[(mode, b)] = max(r["copied"][-1] for r in res)
                 samples[(mode, b)][0].extend(max(r["times"][i] for r in res) for i in range(n))
                 if res[0]["exposed"]:
                     samples[(mode, b)][1].extend(max(r["exposed"][i] for r in res) for i in range(n))
@@ -123,11 +152,18 @@ def run(world: int = 2, steps: int = 10, warmup: int = 3, bucket_mbs=(25.0, 1.0)
         rows.append({"mode": mode, "bucket_mb": b, "step_ms": statistics.median(times) * 1e3,
                      "exposed_ms": statistics.median(exposed) * 1e3 if exposed else None,
                      "steps": len(times), "params": params, "world": world, "batch_per_rank": batch,
-                     "gradient_as_bucket_view": gradient_as_bucket_view})
+                     "gradient_as_bucket_view": gradient_as_bucket_view, "model": model_name,
+                     "bytes_copied_in": copied[(mode, b)] if mode in ("hook", HOOK_COPY) else None})
     base = rows[0]["step_ms"]
     ddp_ms = {r["bucket_mb"]: r["step_ms"] for r in rows if r["mode"] == "ddp"}
+    floor_ms = {r["bucket_mb"]: r["step_ms"] for r in rows if r["mode"] == MACHINERY}
     for r in rows:
-        if r["mode"] in ("ddp_far", "hook"):
+        if comm_bound and r["mode"] in ("hook", HOOK_COPY):
+            # Goal: (t_hook - t_floor) <= 0.25 (t_gloo - t_floor), the floor being DDP's own cost.
+            fl, gap = floor_ms[r["bucket_mb"]], ddp_ms[r["bucket_mb"]] - floor_ms[r["bucket_mb"]]
+            r["comm_overhead_vs_ddp"] = (r["step_ms"] - fl) / gap if gap > 0 else None
+            r["goal_ms"] = fl + 0.25 * gap
+        elif r["mode"] in ("ddp_far", "hook"):
             # The step time communication adds, as a share of what DDP's default on gloo adds
             # (undefined when noise makes gloo's DDP no slower than no communication at all).
             gap = ddp_ms[r["bucket_mb"]] - base
@@ -140,10 +176,11 @@ def run(world: int = 2, steps: int = 10, warmup: int = 3, bucket_mbs=(25.0, 1.0)
 
 def format_table(rows: list[dict]) -> str:
     """The rows of :func:`run` as a Markdown table (one line per mode and bucket size)."""
-    lines = ["| mode | bucket MB | step ms (median) | exposed comm ms | overhead vs DDP's | goal ms |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| mode | bucket MB | step ms (median) | exposed comm ms | overhead vs DDP's | goal ms | bytes copied in |",
+             "|---|---|---|---|---|---|---|"]
     names = {"nocomm": "no communication", "ddp": "DDP default (gloo)",
              "ddp_far": "DDP default reducer on the fastallreduce backend", "hook": "DDP + fastallreduce hook",
+             HOOK_COPY: "DDP + fastallreduce hook, copying (zero_copy=False)",
              MACHINERY: "DDP + no-op hook, no buffer broadcast (DDP's own cost, no communication)"}
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
@@ -151,7 +188,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {names[r['mode']]} | {r['bucket_mb'] or '-'} | {r['step_ms']:.1f} | "
                      f"{fmt(r.get('exposed_ms'), '.1f')} | {fmt(r.get('comm_overhead_vs_ddp'), '.0%')} | "
-                     f"{fmt(r.get('goal_ms'), '.1f')} |")
+                     f"{fmt(r.get('goal_ms'), '.1f')} | {fmt(r.get('bytes_copied_in'), ',')} |")
     return "\n".join(lines)
 
 
@@ -160,17 +197,21 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--world", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=None, help="per rank (default 32; 8 with --comm-bound)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every mode")
-    ap.add_argument("--buckets", default="25,1", help="bucket sizes in MB, comma separated")
+    ap.add_argument("--buckets", default=None, help="bucket sizes in MB, comma separated (default 25,1; 25 with --comm-bound)")
     ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument("--gradient-as-bucket-view", action="store_true",
                     help="DDP(gradient_as_bucket_view=True) in every DDP mode (no gradient copies into and out of buckets)")
     ap.add_argument("--machinery", action="store_true",
                     help="also measure DDP with a no-op hook: DDP's own bucketing cost without communication")
+    ap.add_argument("--comm-bound", action="store_true",
+                    help="the wide MLP (25M parameters) with copying and zero-copy hook rows and the no-op floor")
     a = ap.parse_args(argv)
-    rows = run(a.world, a.steps, a.warmup, tuple(float(b) for b in a.buckets.split(",")), a.batch, rounds=a.rounds,
-               gradient_as_bucket_view=a.gradient_as_bucket_view, machinery=a.machinery)
+    batch = a.batch if a.batch is not None else (8 if a.comm_bound else 32)
+    buckets = a.buckets or ("25" if a.comm_bound else "25,1")
+    rows = run(a.world, a.steps, a.warmup, tuple(float(b) for b in buckets.split(",")), batch, rounds=a.rounds,
+               gradient_as_bucket_view=a.gradient_as_bucket_view, machinery=a.machinery, comm_bound=a.comm_bound)
     print(format_table(rows))
     if a.json:
         with open(a.json, "w") as f:
