@@ -16,12 +16,11 @@
 // Registered inputs (zero-copy): a registered rank copies nothing in for chunk 1; the headers
 // of chunk 1 then tell every rank alike whether all inputs are registered, none are (the
 // copying path goes on), or some are (chunk 1 carried only headers; every rank copies, from the
-// first chunk again). All registered: one-shot reduces from the peers' buffers into my slot and
-// copies out once every rank has read them; otherwise steps 3b-4 run on the buffers themselves
-// (no slots), and a final wait on done keeps the caller from reusing its buffer while a peer
-// still reads it.
+// first chunk again). All registered: every rank reduces its slice of each chunk from every
+// buffer and writes the result into every buffer (see zero_copy), then waits for done.
 #include "algorithms/shm_allreduce.h"
 
+#include <cstdint>
 #include <cstring>
 #include <sstream>
 #include <vector>
@@ -200,8 +199,12 @@ Inputs registered_inputs(const ShmGroup& g, int slot) {
   return registered == g.local_size() && same_offset ? Inputs::kRegistered : Inputs::kMixed;
 }
 
-// Every chunk on the registered buffers themselves; `ch` is chunk 1's number, headers checked.
-void zero_copy(ShmContext& ctx, ShmChunk ch, const Job& job, const Plan& p, const ShmOptions& o,
+// The registered buffers themselves, no slots: in every chunk each rank reduces its slice from
+// every rank's buffer and writes the result back into every buffer. No other rank reads or
+// writes that slice anywhere, so nobody waits between chunks; one wait at the end keeps the
+// caller from reusing its buffer before every peer has written its slices there. `ch` is chunk
+// 1's number (headers checked); the call takes no other.
+void zero_copy(ShmContext& ctx, const ShmChunk& ch, const Job& job, const Plan& p, const ShmOptions& o,
                const SliceStage* stage) {
   ShmGroup& g = ctx.group;
   const int L = g.local_size(), me = g.local_rank();
@@ -211,39 +214,25 @@ void zero_copy(ShmContext& ctx, ShmChunk ch, const Job& job, const Plan& p, cons
     const Header& h = g.ctrl(r).header[ch.slot];
     bufs[r] = r == me ? static_cast<char*>(job.buf) : g.peer_registration(r, h.reg, h.reg_offset + bytes) + h.reg_offset;
   }
+  // Blocks of my slice small enough that what was just reduced is still in cache when it is
+  // copied to the peers (the stage, when there is one, takes the whole slice of a chunk).
+  const size_t block = stage ? SIZE_MAX : std::max<size_t>(1, (256 << 10) / es);
   std::vector<const void*> srcs(L);
-  if (p.oneshot) {  // one chunk: reduce all of it into my slot, then, once every input was read, copy it out
-    for (int r = 0; r < L; ++r) srcs[r] = bufs[r];
-    char* mine = g.slot(me, ch.slot);
-    reduce_many(mine, srcs.data(), L, job.count, job.dtype, job.op, job.divisor, o.threads);
-    g.publish(&ShmControl::reduced, ch.k);
-    g.wait_all(&ShmControl::reduced, ch.k, "reduce", ctx.header, ctx.deadline, ctx.poll);
-    std::memcpy(job.buf, mine, bytes);
-    g.publish(&ShmControl::done, ch.k);
-    if (ctx.stats) ctx.stats->zero_copy_calls.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
   for (size_t c = 0; c < p.nchunks; ++c) {
-    if (c > 0) ch.k = g.next_chunk();  // no slot is used: the number keeps the counters in step
     const Span chunk = chunk_of(job, p, c);
     const Span my = aligned_part(chunk.len, L, me, es);
-    const size_t at = (chunk.begin + my.begin) * es;
-    for (int r = 0; r < L; ++r) srcs[r] = bufs[r] + at;
-    // In place: my slice of my buffer is read by me alone until I publish reduced.
-    if (my.len) reduce_many(bufs[me] + at, srcs.data(), L, my.len, job.dtype, p.local_op, p.local_div, o.threads);
-    run_stage(stage, job, p, bufs[me] + at, my.len);
-    g.publish(&ShmControl::reduced, ch.k);
-    g.wait_all(&ShmControl::reduced, ch.k, "reduce-scatter", ctx.header, ctx.deadline, ctx.poll);
-    for (int r = 0; r < L; ++r) {
-      const Span sl = aligned_part(chunk.len, L, r, es);
-      const size_t from = (chunk.begin + sl.begin) * es;
-      if (r != me && sl.len) std::memcpy(bufs[me] + from, bufs[r] + from, sl.len * es);
+    for (size_t b = 0; b < my.len; b += block) {
+      const size_t at = (chunk.begin + my.begin + b) * es, n = std::min(block, my.len - b);
+      for (int r = 0; r < L; ++r) srcs[r] = bufs[r] + at;
+      reduce_many(bufs[me] + at, srcs.data(), L, n, job.dtype, p.local_op, p.local_div, o.threads);  // in place
+      run_stage(stage, job, p, bufs[me] + at, n);
+      for (int r = 0; r < L; ++r)
+        if (r != me) std::memcpy(bufs[r] + at, bufs[me] + at, n * es);
     }
-    g.publish(&ShmControl::done, ch.k);
   }
-  // Peers copy my slices out of my buffer until they publish done: only then may the caller
-  // write to it again.
-  g.wait_all(&ShmControl::done, ch.k, "allgather", ctx.header, ctx.deadline, ctx.poll);
+  g.publish(&ShmControl::reduced, ch.k);
+  g.publish(&ShmControl::done, ch.k);
+  g.wait_all(&ShmControl::done, ch.k, "zero-copy", ctx.header, ctx.deadline, ctx.poll);
   if (ctx.stats) ctx.stats->zero_copy_calls.fetch_add(1, std::memory_order_relaxed);
 }
 
