@@ -24,7 +24,7 @@ OUT = os.path.join(ROOT, "docs", "api.md")
 API: list[tuple[str, list[str]]] = [
     ("fastallreduce", ["Communicator", "ALGORITHMS", "OPS", "CommError", "MismatchError", "CommTimeoutError",
                        "ClosedError"]),
-    ("fastallreduce.ddp", ["register", "allreduce_hook", "HookState"]),
+    ("fastallreduce.ddp", ["register", "allreduce_hook", "HookState", "ZERO_COPY_FALLBACKS"]),
     ("fastallreduce.fused", ["register_fused_optimizer", "fused_sgd_hook", "FusedSGDState"]),
     ("fastallreduce.optim", ["SGD", "WarmupSchedule", "scaled_lr", "param_groups", "zero_init_last_bn",
                              "NORM_LAYERS"]),
@@ -153,11 +153,14 @@ def _value(v: Any) -> str:
 
 
 def _members(cls: type) -> list[tuple[str, Any]]:
-    """The class's own public methods and properties that have a docstring, in source order."""
-    out = []
-    for name, v in vars(cls).items():
-        if name.startswith("_"):
+    """The class's public methods and properties that have a docstring, in source order: its own,
+    then those of the project's classes it inherits from (mixins)."""
+    out, seen = [], set()
+    own = [k for k in cls.__mro__ if k.__module__.split(".")[0] == cls.__module__.split(".")[0]]
+    for name, v in [item for k in own for item in vars(k).items()]:
+        if name.startswith("_") or name in seen:
             continue
+        seen.add(name)
         f = v.fget if isinstance(v, property) else v
         if callable(f) and getattr(f, "__doc__", None) and f.__name__ == name:  # aliases are left out
             out.append((name, v))

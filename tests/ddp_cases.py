@@ -123,7 +123,7 @@ def train_fused(fused: bool, steps: int = 12, accumulate: int = 1, gradient_as_b
     for i in range(steps):
         opt.zero_grad()
         for j in range(accumulate):
-            x = torch.randn(8, IN_WIDE if wide else 16, generator=g).to(device)
+            x = torch.randn(8, 16, generator=g).to(device)
             if j < accumulate - 1:
                 with ddp.no_sync():
                     (ddp(x) ** 2).mean().backward()
