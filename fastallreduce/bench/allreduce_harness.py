@@ -221,24 +221,31 @@ def _rank_measure(impl: str, count: int, dtype_name: str, op: str, warmup: int, 
     return result
 
 
-def _rank_paired(count: int, dtype_name: str, op: str, iters: int) -> dict[str, list[float]]:
-    """The backend against the Communicator it wraps, in place, call for call: each iteration
-    times one ``comm.allreduce`` (auto) and one ``dist.all_reduce`` on the backend group, in
-    alternating order, each on a fresh copy of the input, so that drift in a shared machine's
-    load and cache state hit both alike."""
+def _rank_paired(count: int, dtype_name: str, op: str, iters: int, other: str = BACKEND) -> dict[str, list[float]]:
+    """``other`` against the Communicator (auto, ordinary tensors), in place, call for call: each
+    iteration times one ``comm.allreduce`` and one call of ``other`` (``dist.all_reduce`` on the
+    backend group, or the Communicator on its registered buffer), in alternating order, each on a
+    fresh copy of the input, so that drift in a shared machine's load and cache state hit both
+    alike."""
     import torch.distributed as dist
 
     b = _buffers(count, DTYPES[dtype_name], op)
     inp, work = b["inp"], b["work"]
     comm = _state["comms"]["auto"]
-    calls = {"auto": lambda: comm.allreduce(work, op=op), BACKEND: lambda: _dist_allreduce(work, op, BACKEND)}
+    if other == REGISTERED:
+        reg, reg_comm = b["registered"], _state["comms"][REGISTERED]
+        run_other = lambda: reg_comm.allreduce(reg, op=op)  # noqa: E731
+    else:
+        reg, run_other = work, lambda: _dist_allreduce(work, op, BACKEND)  # noqa: E731
+    calls = {"auto": (work, lambda: comm.allreduce(work, op=op)), other: (reg, run_other)}
     times: dict[str, list[float]] = {k: [] for k in calls}
     for i in range(iters):
         dist.barrier(group=_harness_group())
-        for name in (("auto", BACKEND) if i % 2 == 0 else (BACKEND, "auto")):
-            work.copy_(inp)
+        for name in (("auto", other) if i % 2 == 0 else (other, "auto")):
+            buf, call = calls[name]
+            buf.copy_(inp)
             t0 = time.perf_counter()
-            calls[name]()
+            call()
             times[name].append(time.perf_counter() - t0)
     return times
 
@@ -410,13 +417,16 @@ def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, arg
                 run_["results"][name].append(row)
                 if progress is not None:
                     progress.update(1)
-            if BACKEND in usable and "auto" in usable:
-                # What going through torch.distributed costs over calling the Communicator
-                # directly (in place: torch.distributed's out-of-place is a copy plus this call).
-                per_rank = pool.run(_rank_paired, count, args.datatype, args.op, max(2 * args.iters, 20),
+            # What going through torch.distributed costs over calling the Communicator directly
+            # (in place: torch.distributed's out-of-place is a copy plus this call); what a
+            # registered buffer saves over an ordinary one.
+            for other in (BACKEND, REGISTERED):
+                if other not in usable or "auto" not in usable:
+                    continue
+                per_rank = pool.run(_rank_paired, count, args.datatype, args.op, max(2 * args.iters, 20), other,
                                     timeout=args.timeout)
                 med = {k: statistics.median(max(ts) for ts in zip(*(r[k] for r in per_rank))) for k in per_rank[0]}
-                run_["results"][BACKEND][-1]["ip"]["time_vs_communicator"] = med[BACKEND] / med["auto"]
+                run_["results"][other][-1]["ip"]["time_vs_communicator"] = med[other] / med["auto"]
         pool.run(_rank_teardown, timeout=60)
     ref = run_["results"].get(REFERENCE)
     if ref:

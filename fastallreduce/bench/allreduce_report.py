@@ -55,8 +55,8 @@ def format_tables(run_: dict[str, Any], config: dict[str, Any]) -> str:
         extra_h1 = "" if is_ref or not has_ref else "   gloo/ours"
         extra_h2 = "" if is_ref or not has_ref else "    oop    ip"
         show_algo = name == "auto"
-        # The backend against the Communicator it wraps (auto), timed call for call in one
-        # interleaved loop (_rank_paired): its median time / the Communicator's, in place.
+        # The backend, or a registered buffer, against the Communicator on ordinary tensors (auto),
+        # timed call for call in one interleaved loop (_rank_paired): median time / auto's, in place.
         vs_comm = bool(rows) and "time_vs_communicator" in rows[0]["ip"]
         if vs_comm:
             extra_h1 += " time/auto"
