@@ -78,14 +78,16 @@ def test_allreduce_bw_tiny(tmp_path):
     # Every default algorithm, and dist.all_reduce on a fastallreduce-backend group made beside
     # the ranks' default gloo group.
     out = _run(["bench", "allreduce", "-n", "2", "-b", "8", "-e", "64K", "-f", "8", "-w", "1", "-i", "2",
-                "-a", bw.DEFAULT_ALGORITHMS + "," + bw.BACKEND, "--out", str(tmp_path), "--no-progress"], timeout=180)
+                "-a", bw.DEFAULT_ALGORITHMS + "," + bw.BACKEND + ",registered", "--out", str(tmp_path),
+                "--no-progress"], timeout=180)
     doc = json.loads((tmp_path / "allreduce_bw.json").read_text())
     assert (tmp_path / "allreduce_bw.png").stat().st_size > 1000
     (run,) = doc["runs"]
     assert run["nranks"] == 2
     assert {"gloo", "ring", "halving_doubling", "auto", bw.BACKEND} <= set(run["results"]), run
     assert all(r["ip"]["time_vs_communicator"] > 0 for r in run["results"][bw.BACKEND])
-    assert "dist.all_reduce on the fastallreduce backend" in out
+    assert all(r["ip"]["time_vs_communicator"] > 0 for r in run["results"]["registered"])
+    assert "dist.all_reduce on the fastallreduce backend" in out and "registered memory" in out
     for name, rows in run["results"].items():
         assert [r["size"] for r in rows] == [8, 64, 512, 4096, 32768, 65536][: len(rows)]
         assert len(rows) == 5  # 8 B .. 32 KiB by 8 (64 KiB is not reached: 8 * 8^5 > 64 Ki)
