@@ -1,4 +1,4 @@
-"""What each rank runs on the namespaced hosts (tests/netns_hosts.py), launched by torchrun.
+"""What each rank runs on the namespaced hosts (fastallreduce/bench/netns_hosts.py), launched by torchrun.
 
     netns_job.py OUT_DIR cases CASES_JSON      topology, then the correctness cases in the file
     netns_job.py OUT_DIR loop TIMEOUT_S NBYTES allreduces until one raises (a fault test cuts a

@@ -6,11 +6,13 @@ Topology is detected, `auto` follows the cost model, and the correctness matrix 
 """
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-import netns_hosts as nh
+from fastallreduce.bench import netns_hosts as nh
 import test_allreduce as ta
 
 pytestmark = pytest.mark.timeout(420)
@@ -87,3 +89,32 @@ def test_topology_and_matrix(netns_hosts, tmp_path, name):
     assert used == {"hierarchical"} if name == "2x2" else used <= {"ring", "halving_doubling"}, used
     for i in range(len(layout)):
         assert h.shm_segments(i) == [], (i, h.shm_segments(i))
+
+
+def test_bench_mode_tiny(netns_available, tmp_path):
+    """`bench allreduce --netns-hosts 2` at tiny sizes: hierarchical and gloo measured in the same
+    processes on two namespaced hosts, alternating blocks, every result exact; the hosts go away."""
+    env = dict(os.environ, PYTHONPATH=nh.REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.Popen([sys.executable, "-m", "fastallreduce", "bench", "allreduce", "--netns-hosts", "2",
+                          "--ranks-per-host", "2", "-b", "4K", "-e", "64K", "-f", "16", "-w", "0", "-i", "2",
+                          "--rounds", "2", "-a", "hierarchical", "--out", str(tmp_path), "--no-plot"],
+                         cwd=nh.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=240)
+    finally:
+        p.kill()
+    assert p.returncode == 0, (out[-4000:], err[-4000:])
+    doc = json.loads((tmp_path / "allreduce_bw.json").read_text())
+    assert doc["config"]["netns_hosts"] == [2, 2] and doc["config"]["rounds"] == 2
+    (run,) = doc["runs"]
+    assert run["nranks"] == 4 and set(run["results"]) == {"gloo", "hierarchical"}, run
+    for name, rows in run["results"].items():
+        assert [r["size"] for r in rows] == [4096, 65536]
+        for r in rows:
+            assert r["oop"]["wrong"] == 0 and r["ip"]["wrong"] == 0, (name, r)
+            assert len(r["ip"]["iter_times_us"]) == 4  # 2 rounds of 2
+            assert name == "gloo" or r["ip"]["algorithm"] == "hierarchical"
+    assert all(r["ip"]["ratio_vs_gloo"] > 0 for r in run["results"]["hierarchical"])
+    assert "namespaced hosts" in out and "gloo/ours" in out, out
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    assert not [ns for ns in left if ns.startswith(f"{nh.PREFIX}{p.pid}-")], left
