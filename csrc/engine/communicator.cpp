@@ -109,6 +109,10 @@ Communicator::~Communicator() {
     interrupt_transports();
   }
   close();
+  // An abandoned cross-host allreduce (Gloo's, no abort) may write into shared memory until its
+  // own timeout ends it; the group's destructor waits for it, so it goes before the unmapping.
+  cross_.reset();
+  cross_pg_.reset();
   if (worker_ && worker_->joinable()) {
     // Only when the last reference dropped on the worker thread itself (a future callback): it
     // returns into worker_loop, which from here on touches only the shared queue state.
