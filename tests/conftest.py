@@ -33,12 +33,10 @@ _netns_checked: list = []
 
 
 @pytest.fixture
-def netns_hosts(tmp_path):
-    """netns_hosts(layout) -> a started tests/netns_hosts.NetnsHosts, torn down after the test.
-
-    Skips with the reason where namespaced hosts cannot be made; with CI=true that fails instead
+def netns_available():
+    """Skips with the reason where namespaced hosts cannot be made; with CI=true that fails instead
     (CI runs as root, so a missing capability there is a broken machine, not an absent one)."""
-    import netns_hosts as nh
+    from fastallreduce.bench import netns_hosts as nh
 
     if not _netns_checked:
         _netns_checked.append(nh.unavailable())
@@ -48,6 +46,14 @@ def netns_hosts(tmp_path):
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true but {why}")
         pytest.skip(why)
+
+
+@pytest.fixture
+def netns_hosts(tmp_path, netns_available):
+    """netns_hosts(layout) -> a started fastallreduce.bench.netns_hosts.NetnsHosts, torn down after
+    the test (skipped, or failed under CI=true, as netns_available says)."""
+    from fastallreduce.bench import netns_hosts as nh
+
     made = []
 
     def make(layout):

@@ -1,4 +1,4 @@
-"""What each rank runs on the namespaced hosts (tests/netns_hosts.py), launched by torchrun.
+"""What each rank runs on the namespaced hosts (fastallreduce/bench/netns_hosts.py), launched by torchrun.
 
     netns_job.py OUT_DIR cases CASES_JSON      topology, then the correctness cases in the file
     netns_job.py OUT_DIR loop TIMEOUT_S NBYTES allreduces until one raises (a fault test cuts a
@@ -31,11 +31,33 @@ def topology(c: far.Communicator) -> dict:
             "choose": [c.choose(n) for n in sizes]}
 
 
+# Constants under which the model picks flat at small sizes and hierarchical at large ones.
+SLOW_SHM = {"FASTALLREDUCE_SHM_STAGE_US": "1000"}
+
+
+def choices_with(env: dict, sizes: list) -> dict:
+    """config and choose() of a communicator made with ``env`` set (on every rank alike)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        c = far.Communicator(timeout=timedelta(seconds=60))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    out = {"config": c.config, "choose": [c.choose(n) for n in sizes]}
+    c.close()
+    return out
+
+
 def run_cases(path: str) -> dict:
     with open(path) as f:
         spec = json.load(f)
     c = dc.comm("auto", timeout=timedelta(seconds=60))
     out = {"topology": topology(c)}
+    out["slow_shm"] = choices_with(SLOW_SHM, out["topology"]["sizes"])
     started = time.monotonic()
     out["allreduce"] = dc.run_cases([tuple(x) for x in spec["allreduce"]])
     out["family"] = dc.check_family([tuple(x) for x in spec["family"]])

@@ -1,4 +1,4 @@
-"""Network faults between namespaced hosts (tests/netns_hosts.py): a host's link taken down, or a
+"""Network faults between namespaced hosts (fastallreduce/bench/netns_hosts.py): a host's link taken down, or a
 rank killed, during a loop of large allreduces. Every rank on every host raises within the
 communicator's timeout + 10 s naming the ranks it lost, every rank process exits, and no segment
 is left in any host's /dev/shm (looked at inside each host's mount namespace afterwards)."""
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import netns_hosts as nh
+from fastallreduce.bench import netns_hosts as nh
 
 pytestmark = pytest.mark.timeout(300)
 

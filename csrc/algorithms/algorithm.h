@@ -76,8 +76,15 @@ void halving_doubling_allreduce(P2P& t, const Job& job, const AlgoOptions& o, St
 struct CostModel {
   double alpha_us = 60.0;  // per message step (gloo over loopback, measured here)
   double beta_gbps = 1.0;  // point-to-point bandwidth
+  // The shared-memory stages of the hierarchical algorithm (copy-in, reduce-scatter, allgather,
+  // copy-out): a latency per chunk (the waits on the local peers) and message bytes per second.
+  double shm_stage_us = 25.0;
+  double shm_gbps = 2.5;
   double ring_us(size_t bytes, int p) const;
   double hd_us(size_t bytes, int p) const;
+  // Hierarchical on `hosts` hosts of `local` ranks, in chunks of `chunk_bytes` (a slot): per
+  // chunk the shared-memory stages and a cross-host ring of the chunk's 1/local share.
+  double hier_us(size_t bytes, int hosts, int local, size_t chunk_bytes) const;
 };
 
 }  // namespace far

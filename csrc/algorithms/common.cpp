@@ -66,6 +66,13 @@ double CostModel::ring_us(size_t bytes, int p) const {
   return 2.0 * (p - 1) * alpha_us + 2.0 * (p - 1) / p * bytes / (beta_gbps * 1e3);
 }
 
+double CostModel::hier_us(size_t bytes, int hosts, int local, size_t chunk_bytes) const {
+  const double chunks = std::max<size_t>(1, (bytes + chunk_bytes - 1) / std::max<size_t>(1, chunk_bytes));
+  const double cross_steps = hosts > 1 ? 2.0 * (hosts - 1) : 0.0;
+  const double cross_bytes = hosts > 1 ? 2.0 * (hosts - 1) / hosts * bytes / std::max(1, local) : 0.0;
+  return chunks * (shm_stage_us + cross_steps * alpha_us) + bytes / (shm_gbps * 1e3) + cross_bytes / (beta_gbps * 1e3);
+}
+
 double CostModel::hd_us(size_t bytes, int p) const {
   if (p <= 1) return 0;
   int pow2 = 1, steps = 0;

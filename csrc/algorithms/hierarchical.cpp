@@ -3,14 +3,31 @@
 // ranks at once, each over its own process group), then the shared-memory allgather.
 // Needs the same number of ranks on every host; the engine falls back to a flat algorithm
 // otherwise.
+//
+// The cross-host stage of sum, avg and product is Gloo's own allreduce (one c10d Work per slice:
+// its ring runs on Gloo's thread, with none of the per-message Works of send/recv); max and min
+// keep our ring / halving-doubling, whose kernels let NaN win as torch.maximum does (Gloo's
+// std::max does not), and so does bool.
 #include "algorithms/hierarchical.h"
 
 namespace far {
+
+bool cross_on_collective(RedOp op, DType dtype) {
+  return dtype != DType::kBool && (op == RedOp::kSum || op == RedOp::kAvg || op == RedOp::kProduct);
+}
 
 void hierarchical_allreduce(ShmContext& ctx, P2P& cross, const Job& job, const ShmOptions& so,
                             const AlgoOptions& ao, const CostModel& cost, Staging& st) {
   SliceStage stage = [&](const Job& slice) {
     if (cross.size() == 1 || slice.count == 0) {
+      if (slice.op == RedOp::kAvg) scale_div(slice.buf, slice.count, slice.dtype, slice.divisor, ao.threads);
+      return;
+    }
+    if (cross_on_collective(slice.op, slice.dtype)) {
+      // Every rank gets Gloo's bits, then divides them identically: the same result everywhere.
+      Request r = cross.iallreduce(slice.buf, slice.count, slice.dtype,
+                                   slice.op == RedOp::kAvg ? RedOp::kSum : slice.op, ctx.deadline);
+      cross.wait(r);
       if (slice.op == RedOp::kAvg) scale_div(slice.buf, slice.count, slice.dtype, slice.divisor, ao.threads);
       return;
     }

@@ -27,7 +27,10 @@ py::dict config_dict(const CommConfig& c) {
   d["FASTALLREDUCE_WINDOW"] = c.algo.window;
   d["FASTALLREDUCE_ALPHA_US"] = c.cost.alpha_us;
   d["FASTALLREDUCE_BETA_GBPS"] = c.cost.beta_gbps;
+  d["FASTALLREDUCE_SHM_STAGE_US"] = c.cost.shm_stage_us;
+  d["FASTALLREDUCE_SHM_GBPS"] = c.cost.shm_gbps;
   d["FASTALLREDUCE_SHM_SLOT_BYTES"] = c.shm_slot_bytes;
+  d["FASTALLREDUCE_HIER_SLOT_BYTES"] = c.hier_slot_bytes;
   d["FASTALLREDUCE_SHM_ONESHOT_BYTES"] = c.shm.oneshot_bytes;
   d["FASTALLREDUCE_SHM_CHUNK_BYTES"] = c.shm.chunk_bytes;
   d["FASTALLREDUCE_WORKER_IDLE"] = c.worker_idle ? 1 : 0;

@@ -17,6 +17,21 @@ std::optional<DType> to_dtype(at::ScalarType t) {
   }
 }
 
+at::ScalarType to_scalar_type(DType t) {
+  switch (t) {
+    case DType::kFloat32: return at::kFloat;
+    case DType::kFloat64: return at::kDouble;
+    case DType::kFloat16: return at::kHalf;
+    case DType::kBFloat16: return at::kBFloat16;
+    case DType::kInt8: return at::kChar;
+    case DType::kUInt8: return at::kByte;
+    case DType::kInt32: return at::kInt;
+    case DType::kInt64: return at::kLong;
+    case DType::kBool: return at::kBool;
+  }
+  return at::kByte;
+}
+
 std::optional<DType> to_float_dtype(at::ScalarType t) {
   auto d = to_dtype(t);
   if (d && is_floating(*d)) return d;

@@ -12,5 +12,7 @@ namespace far {
 std::optional<DType> to_dtype(at::ScalarType t);
 // The same, for the floating dtypes the SGD kernels take.
 std::optional<DType> to_float_dtype(at::ScalarType t);
+// The ATen scalar type of a kernels' dtype.
+at::ScalarType to_scalar_type(DType t);
 
 }  // namespace far

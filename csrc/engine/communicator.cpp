@@ -63,8 +63,9 @@ Communicator::Communicator(c10::intrusive_ptr<c10d::Store> store, int rank, int 
     std::string tag = opts_.name;
     for (auto& ch : tag)
       if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-    shm_ = std::make_unique<ShmGroup>(topo_.local_rank, topo_.local, store_, tag.substr(0, 40), cfg_.shm_slot_bytes,
-                                      timeout);
+    // Across hosts only the hierarchical algorithm uses these segments, a slot per chunk.
+    const size_t slot = topo_.num_hosts > 1 ? cfg_.hier_slot_bytes : cfg_.shm_slot_bytes;
+    shm_ = std::make_unique<ShmGroup>(topo_.local_rank, topo_.local, store_, tag.substr(0, 40), slot, timeout);
     registry_ = std::make_shared<ShmRegistry>(shm_.get(), tag.substr(0, 40));
   }
   opts_.make_backend = nullptr;  // the factory may hold interpreter objects: drop it now
@@ -110,6 +111,10 @@ Communicator::~Communicator() {
     interrupt_transports();
   }
   close();
+  // An abandoned cross-host allreduce (Gloo's, no abort) may write into shared memory until its
+  // own timeout ends it; the group's destructor waits for it, so it goes before the unmapping.
+  cross_.reset();
+  cross_pg_.reset();
   if (registry_) registry_->detach();  // before shm_ goes: registered tensors may live on
   if (worker_ && worker_->joinable()) {
     // Only when the last reference dropped on the worker thread itself (a future callback): it
@@ -150,12 +155,12 @@ Algo Communicator::choose(size_t bytes) const {
   if (shm_ && topo_.num_hosts == 1) return Algo::kShm;
   const Algo flat = choose_flat(bytes);
   if (shm_ && topo_.uniform && cross_) {
-    // The model prices the network: hierarchical moves each local rank's 1/L share among the H
-    // hosts, flat moves every byte among all ranks; the shared-memory stages cost little next to
-    // either. With the default constants hierarchical always wins; measured ones may say otherwise.
+    // Hierarchical: per slot-sized chunk the shared-memory stages plus a cross-host ring of each
+    // local rank's 1/L share among the H hosts; flat: every byte among all ranks. Every term
+    // comes from constants agreed at construction, so every rank decides alike.
     const int l = static_cast<int>(topo_.local.group_ranks.size());
-    const auto cost = [&](size_t b, int p) { return std::min(cfg_.cost.hd_us(b, p), cfg_.cost.ring_us(b, p)); };
-    if (cost(bytes / l, topo_.num_hosts) <= cost(bytes, size_)) return Algo::kHierarchical;
+    const double hier = cfg_.cost.hier_us(bytes, topo_.num_hosts, l, shm_->slot_bytes());
+    if (hier <= std::min(cfg_.cost.hd_us(bytes, size_), cfg_.cost.ring_us(bytes, size_))) return Algo::kHierarchical;
   }
   return flat;
 }

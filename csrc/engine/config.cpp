@@ -19,9 +19,12 @@ struct Knob {
 // Each knob: name, inclusive range, integer or not. Documented in docs/README (environment).
 constexpr Knob kAlpha{"FASTALLREDUCE_ALPHA_US", 1e-3, 1e7, false};
 constexpr Knob kBeta{"FASTALLREDUCE_BETA_GBPS", 1e-4, 1e4, false};
+constexpr Knob kShmStage{"FASTALLREDUCE_SHM_STAGE_US", 0, 1e7, false};
+constexpr Knob kShmGbps{"FASTALLREDUCE_SHM_GBPS", 1e-4, 1e4, false};
 constexpr Knob kChunk{"FASTALLREDUCE_CHUNK_BYTES", 64, double(1 << 30), true};
 constexpr Knob kWindow{"FASTALLREDUCE_WINDOW", 1, 64, true};
 constexpr Knob kSlot{"FASTALLREDUCE_SHM_SLOT_BYTES", 4096, double(1 << 30), true};
+constexpr Knob kHierSlot{"FASTALLREDUCE_HIER_SLOT_BYTES", 4096, double(1 << 30), true};
 constexpr Knob kOneshot{"FASTALLREDUCE_SHM_ONESHOT_BYTES", 0, double(1 << 30), true};
 constexpr Knob kShmChunk{"FASTALLREDUCE_SHM_CHUNK_BYTES", 4096, double(1 << 30), true};
 constexpr Knob kIdle{"FASTALLREDUCE_WORKER_IDLE", 0, 1, true};
@@ -62,7 +65,8 @@ std::string serialize(const CommConfig& c) {
   os.precision(17);
   os << c.timeout_ms << ' ' << c.algo.chunk_bytes << ' ' << c.algo.window << ' ' << c.cost.alpha_us << ' '
      << c.cost.beta_gbps << ' ' << c.shm_slot_bytes << ' ' << c.shm.oneshot_bytes << ' ' << c.shm.chunk_bytes << ' '
-     << (c.worker_idle ? 1 : 0);
+     << (c.worker_idle ? 1 : 0) << ' ' << c.cost.shm_stage_us << ' ' << c.cost.shm_gbps << ' '
+     << c.hier_slot_bytes;
   return os.str();
 }
 
@@ -71,7 +75,8 @@ CommConfig deserialize(const std::string& s) {
   CommConfig c;
   int idle = 1;
   is >> c.timeout_ms >> c.algo.chunk_bytes >> c.algo.window >> c.cost.alpha_us >> c.cost.beta_gbps >>
-      c.shm_slot_bytes >> c.shm.oneshot_bytes >> c.shm.chunk_bytes >> idle;
+      c.shm_slot_bytes >> c.shm.oneshot_bytes >> c.shm.chunk_bytes >> idle >> c.cost.shm_stage_us >> c.cost.shm_gbps >>
+      c.hier_slot_bytes;
   c.worker_idle = idle != 0;
   return c;
 }
@@ -84,10 +89,13 @@ CommConfig config_from_env(const ConfigOverrides& o) {
                               : c.timeout_ms;
   c.cost.alpha_us = env_knob(kAlpha, c.cost.alpha_us);
   c.cost.beta_gbps = env_knob(kBeta, c.cost.beta_gbps);
+  c.cost.shm_stage_us = env_knob(kShmStage, c.cost.shm_stage_us);
+  c.cost.shm_gbps = env_knob(kShmGbps, c.cost.shm_gbps);
   c.algo.chunk_bytes = o.chunk_bytes ? static_cast<size_t>(checked(kChunk, double(*o.chunk_bytes), std::to_string(*o.chunk_bytes)))
                                      : static_cast<size_t>(env_knob(kChunk, double(c.algo.chunk_bytes)));
   c.algo.window = static_cast<int>(env_knob(kWindow, c.algo.window));
   c.shm_slot_bytes = static_cast<size_t>(env_knob(kSlot, double(c.shm_slot_bytes)));
+  c.hier_slot_bytes = static_cast<size_t>(env_knob(kHierSlot, double(c.hier_slot_bytes)));
   c.shm.oneshot_bytes = static_cast<size_t>(env_knob(kOneshot, double(c.shm.oneshot_bytes)));
   c.shm.chunk_bytes = static_cast<size_t>(env_knob(kShmChunk, double(c.shm.chunk_bytes)));
   c.worker_idle = env_knob(kIdle, 1) != 0;

@@ -1,10 +1,29 @@
 #include "transport/p2p.h"
 
+#include <ATen/core/ivalue.h>
+
+#include <optional>
+
+#include "common/aten.h"
 #include "common/errors.h"
 
 namespace far {
 namespace {
 constexpr int kTag = 7;
+// Gloo's own timeout on a collective, past our deadline: long enough for the watchdog to fire
+// first and report, short enough that an abandoned op ends (and frees Gloo's thread) soon after.
+constexpr auto kCollectiveGrace = std::chrono::seconds(5);
+
+c10d::ReduceOp reduce_op(RedOp op) {
+  switch (op) {
+    case RedOp::kSum: return c10d::ReduceOp::SUM;
+    case RedOp::kProduct: return c10d::ReduceOp::PRODUCT;
+    case RedOp::kMax: return c10d::ReduceOp::MAX;
+    case RedOp::kMin: return c10d::ReduceOp::MIN;
+    case RedOp::kAvg: break;
+  }
+  throw std::logic_error("fastallreduce: the transport's allreduce has no avg (sum, then divide)");
+}
 
 at::Tensor wrap(const void* data, size_t bytes) {
   return at::from_blob(const_cast<void*>(data), {static_cast<int64_t>(bytes)},
@@ -25,6 +44,45 @@ Request P2P::irecv(int peer, void* data, size_t bytes) {
   return Request{backend_->recv(t, peer, kTag), peer, false, bytes};
 }
 
+Request P2P::iallreduce(void* data, size_t count, DType dtype, RedOp op,
+                        std::chrono::steady_clock::time_point deadline) {
+  std::vector<at::Tensor> t{at::from_blob(data, {static_cast<int64_t>(count)},
+                                          at::TensorOptions().dtype(to_scalar_type(dtype)))};
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+  c10d::AllreduceOptions opts;
+  opts.reduceOp = reduce_op(op);
+  opts.timeout = std::max(left, std::chrono::milliseconds(0)) + kCollectiveGrace;
+  // Where the backend takes a collective's timeout from, read when the Work is made; then put
+  // back, so that send/recv waits keep the long transport timeout.
+  std::optional<std::chrono::milliseconds> saved;
+  try {
+    saved = backend_->getBackendOptions()->timeout;
+  } catch (const c10::Error&) {  // a backend without options: opts.timeout only
+  }
+  if (saved) backend_->setTimeout(opts.timeout);
+  auto work = backend_->allreduce(t, opts);
+  if (saved) backend_->setTimeout(*saved);
+  return Request{std::move(work), -1, false, count * dtype_size(dtype), true};
+}
+
+bool P2P::wait_collective(const c10::intrusive_ptr<c10d::Work>& work) {
+  auto wake = wake_;
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  work->getFuture()->addCallback([wake, done](c10::ivalue::Future&) {
+    {
+      std::lock_guard<std::mutex> lk(wake->mu);
+      done->store(true);
+    }
+    wake->cv.notify_all();
+  });
+  {
+    std::unique_lock<std::mutex> lk(wake->mu);
+    wake->cv.wait(lk, [&] { return done->load() || interrupted_.load(); });
+  }
+  if (!done->load()) return false;  // abandoned: Gloo ends it by its own timeout
+  return work->wait();              // completed: true, or the transport's error
+}
+
 void P2P::wait(Request& req) {
   if (!req) return;
   {
@@ -33,12 +91,12 @@ void P2P::wait(Request& req) {
       poll_();
       throw CommError("fastallreduce: wait interrupted");
     }
-    current_ = req.work;
+    if (!req.collective) current_ = req.work;
   }
   bool ok = false;
   std::string error;
   try {
-    ok = req.work->wait();
+    ok = req.collective ? wait_collective(req.work) : req.work->wait();
   } catch (const std::exception& e) {
     error = e.what();
   }
@@ -50,20 +108,25 @@ void P2P::wait(Request& req) {
     poll_();
     throw CommError("fastallreduce: wait interrupted");
   }
+  const std::string what = req.collective ? "in the transport's allreduce over " + std::to_string(size_) + " ranks"
+                                           : std::string(req.send ? "sending to" : "receiving from") + " rank " +
+                                                 std::to_string(req.peer);
   if (!error.empty() && error.find("Timed out") != std::string::npos)
-    throw CommTimeoutError(std::string("fastallreduce: transport timed out ") + (req.send ? "sending to" : "receiving from") +
-                           " rank " + std::to_string(req.peer) + ": " + error.substr(0, 400));
-  if (!error.empty())
-    throw CommError(std::string("fastallreduce: transport failure ") + (req.send ? "sending to" : "receiving from") +
-                    " rank " + std::to_string(req.peer) + ": " + error.substr(0, 400));
+    throw CommTimeoutError("fastallreduce: transport timed out " + what + ": " + error.substr(0, 400));
+  if (!error.empty()) throw CommError("fastallreduce: transport failure " + what + ": " + error.substr(0, 400));
   if (!ok) throw CommError("fastallreduce: transport wait returned without completing");
   req.work.reset();
 }
 
 void P2P::interrupt() {
-  std::lock_guard<std::mutex> lk(mu_);
-  interrupted_ = true;
-  if (current_) current_->abort();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    interrupted_ = true;
+    if (current_) current_->abort();
+  }
+  // Under the wake lock, so that a collective's wait cannot miss it between check and sleep.
+  { std::lock_guard<std::mutex> lk(wake_->mu); }
+  wake_->cv.notify_all();
 }
 
 void P2P::clear_interrupt() {

@@ -24,6 +24,13 @@ two ulps, since the division rounds). By default every iteration is checked (out
 region); ``-c 0`` checks one extra iteration after the timed ones. For out-of-place runs the
 input is also checked to be unchanged.
 
+With ``--netns-hosts H`` it builds H namespaced hosts on this machine (root; see
+:mod:`.netns_hosts`) and runs the launched mode there, ``--ranks-per-host`` ranks per host::
+
+    python -m fastallreduce bench allreduce --netns-hosts 2 --ranks-per-host 2 -a hierarchical --rounds 3
+
+``--rounds R`` measures every size in R blocks per implementation, alternating their order.
+
 Outputs: the tables on stdout, ``allreduce_bw.json`` and ``allreduce_bw.png`` (busbw against size,
 one panel per world size) in the output directory, a progress bar on stderr.
 
@@ -123,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts", type=int, default=0,
                    help="split the ranks into this many simulated hosts (consecutive blocks) for fastallreduce's "
                         "topology, e.g. to measure 'hierarchical' on one machine (default 0: the real topology)")
+    p.add_argument("--netns-hosts", type=int, default=0,
+                   help="run on this many namespaced hosts made on this machine (separate network, hostname, IPC "
+                        "and /dev/shm each, veth links; needs root): one torchrun per host, the real topology")
+    p.add_argument("--ranks-per-host", type=int, default=2, help="ranks on each namespaced host (default 2)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure each size in this many blocks per implementation, alternating their order "
+                        "(default 1)")
     p.add_argument("--no-reference", action="store_true",
                    help="do not measure torch.distributed gloo (no ratio columns)")
     p.add_argument("--out", default="results", help="output directory for JSON and PNG (default results/)")
@@ -157,8 +171,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     otherwise it starts local rank processes for each world size of ``-n``.
     """
     args = build_parser().parse_args(argv)
-    if launched_by_torchrun():
+    if launched_by_torchrun():  # --netns-hosts there only says where the launched ranks are
         return _main_launched(args)
+    if args.netns_hosts:
+        from . import allreduce_netns
+
+        return allreduce_netns.run(args, sys.argv[1:] if argv is None else argv)
     return 0 if total_wrong(run(args)) == 0 else 1
 
 

@@ -286,6 +286,18 @@ def _summarise(per_rank: list[dict], nbytes: int, world: int) -> dict[str, Any]:
     return out
 
 
+def _merge_blocks(a: list[dict], b: list[dict]) -> list[dict]:
+    """Per rank, the iterations of two blocks of :func:`_rank_measure` as one."""
+    out = []
+    for ra, rb in zip(a, b):
+        r = {}
+        for mode in ("oop", "ip"):
+            r[mode] = dict(ra[mode], times=ra[mode]["times"] + rb[mode]["times"],
+                           wrong=ra[mode]["wrong"] + rb[mode]["wrong"])
+        out.append(r)
+    return out
+
+
 Ranks = Union[RankPool, LaunchedRanks]
 
 
@@ -328,8 +340,11 @@ def run(args: argparse.Namespace, log=print, launched: Optional[LaunchedRanks] =
     doc: dict[str, Any] = {
         "tool": "allreduce_bw",
         "config": {"sizes": [c * elsize for c in counts], "counts": counts, "dtype": args.datatype,
-                   "op": args.op, "warmup": args.warmup_iters, "iters": args.iters, "nranks": nranks,
-                   "algorithms": algos, "simulated_hosts": args.hosts, "dist_backend": args.dist_backend,
+                   "op": args.op, "warmup": args.warmup_iters, "iters": args.iters,
+                   "rounds": max(1, getattr(args, "rounds", 1)), "nranks": nranks,
+                   "algorithms": algos, "simulated_hosts": args.hosts,
+                   "netns_hosts": [args.ranks_per_host] * args.netns_hosts if getattr(args, "netns_hosts", 0) else None,
+                   "dist_backend": args.dist_backend,
                    "launcher": "torchrun" if launched is not None else "spawned local ranks",
                    "reference": None if args.no_reference else REFERENCE,
                    "check": "every iteration" if args.check else "one extra iteration after the timed ones",
@@ -403,15 +418,22 @@ def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, arg
                     progress.update(len(counts))
         for name in usable:
             run_["results"][name] = []
+        rounds = max(1, getattr(args, "rounds", 1))
         for count in counts:
             nbytes = count * elsize
+            measured: dict[str, list] = {}
+            # Blocks of each implementation in turn, the order reversed every round, so that drift
+            # in a shared machine's load hits every implementation alike.
+            for rnd in range(rounds):
+                for name in (usable if rnd % 2 == 0 else usable[::-1]):
+                    if progress is not None:
+                        progress.set_description(f"allreduce_bw {world} ranks {human_size(nbytes)} {name}")
+                    per_rank = pool.run(_rank_measure, name, count, args.datatype, args.op, args.warmup_iters,
+                                        args.iters, bool(args.check), timeout=args.timeout)
+                    measured[name] = per_rank if rnd == 0 else _merge_blocks(measured[name], per_rank)
             for name in usable:
-                if progress is not None:
-                    progress.set_description(f"allreduce_bw {world} ranks {human_size(nbytes)} {name}")
-                per_rank = pool.run(_rank_measure, name, count, args.datatype, args.op, args.warmup_iters,
-                                    args.iters, bool(args.check), timeout=args.timeout)
                 row = {"size": nbytes, "count": count, "type": args.datatype, "redop": args.op}
-                row.update(_summarise(per_rank, nbytes, world))
+                row.update(_summarise(measured[name], nbytes, world))
                 for mode in ("oop", "ip"):
                     row[mode]["busbw_share_of_copy"] = row[mode]["busbw_GBps"] / args.copy_GBps
                 run_["results"][name].append(row)
@@ -438,6 +460,9 @@ def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, arg
                     row[mode]["ratio_vs_gloo"] = rrow[mode]["time_us"] / row[mode]["time_us"]
     if args.op == "avg" and REFERENCE in run_["results"]:
         run_["notes"].append("gloo has no AVG: its avg is all_reduce(SUM) followed by a division, both timed")
+    if getattr(args, "netns_hosts", 0):
+        run_["notes"].append(f"ranks on {args.netns_hosts} namespaced hosts x {args.ranks_per_host} (own network, "
+                             "hostname, IPC and /dev/shm each; veth links at memory speed), the real topology")
     if args.hosts:
         run_["notes"].append(f"fastallreduce sees {args.hosts} simulated hosts (consecutive blocks of ranks); "
                              "all ranks really share this machine"

@@ -42,7 +42,9 @@ def _title(name: str) -> str:
 def format_tables(run_: dict[str, Any], config: dict[str, Any]) -> str:
     """The nccl-tests-style tables of one world size: one block per implementation."""
     world = run_["nranks"]
-    lines = [f"# ===== {world} ranks, {config['dtype']} {config['op']}; time = median over {config['iters']} "
+    rounds = config.get("rounds", 1)
+    over = f"{config['iters']}" if rounds == 1 else f"{config['iters'] * rounds} ({rounds} alternating blocks)"
+    lines = [f"# ===== {world} ranks, {config['dtype']} {config['op']}; time = median over {over} "
              f"iterations of the slowest rank; busbw = algbw * 2(p-1)/p; checked: {config['check']} ====="]
     for name, why in run_["skipped"].items():
         lines.append(f"# skipped {name}: {why}")

@@ -12,7 +12,8 @@ the host through the keeper's namespaces (nsenter).
         hosts.shm_segments(1)                    # what is left in host 1's /dev/shm
 
 Needs root (or CAP_SYS_ADMIN + CAP_NET_ADMIN), `ip` and `nsenter`/`unshare`: `unavailable()`
-says why not. Used by tests/test_netns_hosts.py and reusable by benchmarks.
+says why not. Used by the namespaced tests (tests/test_netns_*.py) and by
+``python -m fastallreduce bench allreduce --netns-hosts H``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ PREFIX = "far-"
 SUBNET = "10.213.0"  # private, and only ever assigned inside namespaces this module creates
 IFNAME = "veth0"  # each host's link, as seen inside the host
 MASTER_PORT = 29400
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory that holds the fastallreduce package (the repository root in a checkout): the
+# hosts' working directory and PYTHONPATH, so that ranks import this very package.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -233,9 +236,9 @@ class NetnsHosts:
         procs, logs = [], []
         for i, n in enumerate(self.layout):
             e = {k: v for k, v in os.environ.items() if not k.startswith("FASTALLREDUCE_HOST_ID")}
+            # A script's own directory is on its sys.path already (tests/ for tests/netns_job.py).
             e.update({"GLOO_SOCKET_IFNAME": IFNAME, "OMP_NUM_THREADS": "1",
-                      "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.path.join(REPO, "tests"),
-                                                                  e.get("PYTHONPATH")]))})
+                      "PYTHONPATH": os.pathsep.join(filter(None, [REPO, e.get("PYTHONPATH")]))})
             e.update(env or {})
             cmd = self.enter(i) + [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(self.layout)}",
                                    f"--nproc-per-node={n}", f"--node-rank={i}", f"--master-addr={self.addrs[0]}",
