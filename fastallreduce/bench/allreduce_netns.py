@@ -34,15 +34,15 @@ def inner_argv(argv: Sequence[str], out_dir: str) -> list[str]:
 def _stream(path: str, pos: int) -> int:
     """Prints what was appended to ``path`` since ``pos``; returns the new position."""
     try:
-        with open(path, errors="replace") as f:
+        with open(path, "rb") as f:
             f.seek(pos)
             chunk = f.read()
     except FileNotFoundError:
         return pos
     if chunk:
-        sys.stdout.write(chunk)
+        sys.stdout.write(chunk.decode(errors="replace"))
         sys.stdout.flush()
-    return pos + len(chunk.encode(errors="replace"))
+    return pos + len(chunk)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str], job_timeout: Optional[float] = None) -> int:
