@@ -98,6 +98,7 @@ class HookState:
         self._wire: Dict[int, torch.Tensor] = {}  # bucket index -> idle 16-bit wire copy (compression)
         self.zero_copy = bool(zero_copy)
         self.zero_copy_fallbacks: Dict[str, int] = {}
+        self._refused: set = set()  # buckets (device, address, size) that stay on the copying path
         self._copied_mark = 0
         self._reset_step()
         self._last: Dict[str, float] = {"bytes": 0, "buckets": 0, "comm_time_s": 0.0, "exposed_s": 0.0,
@@ -180,6 +181,7 @@ class HookState:
         self._wire = {}
         self.__dict__.setdefault("zero_copy", True)
         self.__dict__.setdefault("zero_copy_fallbacks", {})
+        self._refused = set()
         self._copied_mark = 0
         self._reset_step()
         if not default_group:
@@ -238,7 +240,7 @@ def _move_to_registered(state: HookState, comm: Communicator, buf: torch.Tensor)
     docstring); a bucket that cannot move is counted in ``state.zero_copy_fallbacks`` once."""
     if comm.is_registered(buf):
         return
-    refused = state.__dict__.setdefault("_refused", set())
+    refused = state._refused
     key = (buf.device.type, buf.data_ptr(), buf.numel())
     if key in refused:  # tried once: not again every step
         return

@@ -86,7 +86,7 @@ std::unique_ptr<ShmRegistry::Registration> ShmRegistry::create(size_t bytes) {
   r->entry = group_->list_registration(r->serial, *r->seg);
   if (r->entry < 0) return nullptr;  // the segment goes with r
   r->owner = shared_from_this();
-  by_addr_[reinterpret_cast<uintptr_t>(r->seg->data())] = Span{len, r->serial, r->seg.get()};
+  by_addr_[reinterpret_cast<uintptr_t>(r->seg->data())] = Entry{len, r->serial, r->seg.get()};
   return r;
 }
 
@@ -108,14 +108,18 @@ void ShmRegistry::release(const Registration& r) {
   if (group_ && r.entry >= 0 && getpid() == pid_) group_->unlist_registration(r.entry);
 }
 
+void ShmRegistry::unlink_locked() {
+  for (auto& kv : by_addr_) kv.second.seg->unlink();
+}
+
 void ShmRegistry::unlink_all() {
   std::lock_guard<std::mutex> lk(mu_);
-  for (auto& kv : by_addr_) kv.second.seg->unlink();
+  unlink_locked();
 }
 
 void ShmRegistry::detach() {
   std::lock_guard<std::mutex> lk(mu_);
-  for (auto& kv : by_addr_) kv.second.seg->unlink();
+  unlink_locked();
   group_ = nullptr;
 }
 

@@ -44,7 +44,8 @@ class ShmRegistry : public std::enable_shared_from_this<ShmRegistry> {
 
  private:
   void release(const Registration& r);
-  struct Span {
+  void unlink_locked();  // mu_ held
+  struct Entry {
     size_t bytes;
     uint32_t serial;
     OwnSegment* seg;
@@ -54,7 +55,7 @@ class ShmRegistry : public std::enable_shared_from_this<ShmRegistry> {
   std::string tag_;
   uint32_t next_serial_ = 0;
   const int pid_ = getpid();
-  std::map<uintptr_t, Span> by_addr_;  // start address -> registration
+  std::map<uintptr_t, Entry> by_addr_;  // start address -> registration
 };
 
 }  // namespace far

@@ -80,7 +80,7 @@ def _deepspeed_setup(dtype: torch.dtype, op: str) -> None:
 
     if op != "sum" or dtype not in (torch.float32, torch.bfloat16):
         raise NotImplementedError("DeepSpeed's CPU allreduce supports float32/bfloat16 sum only")
-    if "deepspeed" in _state["groups"]:
+    if _state.get("deepspeed"):
         return
     try:
         import deepspeed
@@ -90,7 +90,7 @@ def _deepspeed_setup(dtype: torch.dtype, op: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     os.environ.update(LOCAL_RANK=str(rank), LOCAL_SIZE=str(world), RANK=str(rank), WORLD_SIZE=str(world))
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
-    _state["groups"]["deepspeed"] = True
+    _state["deepspeed"] = True
 
 
 def _dist_allreduce(t: torch.Tensor, op: str, impl: str) -> None:
