@@ -67,6 +67,30 @@ def mismatch(kind, algorithm):
     return first, second
 
 
+def mismatch_hierarchical(kind, hosts):
+    """Mismatched calls on simulated hosts, where the header check runs beside the shared-memory
+    stages: within a host (rank 1 differs), across hosts (every rank of the last host differs),
+    or one rank on another path (rank 0 calls ring, the others hierarchical)."""
+    r = dist.get_rank()
+    c = far.Communicator(algorithm="hierarchical", timeout=timedelta(seconds=30), host_id=hosts[r])
+    odd = r == 1 if kind.endswith("_local") else hosts[r] == hosts[-1]
+    n, dtype, op, algo = 100_000, torch.float32, "sum", None
+    if kind.startswith("size"):
+        n += odd
+    elif kind.startswith("dtype"):
+        dtype = torch.float64 if odd else dtype
+    elif kind.startswith("op"):
+        op = "max" if odd else op
+    elif kind.startswith("count_zero"):
+        n = 0 if odd else n
+    elif kind == "algorithm":
+        algo = "ring" if r == 0 else None
+    first = outcome(lambda: c.allreduce(torch.ones(n, dtype=dtype), op=op, algorithm=algo))
+    second = outcome(lambda: c.allreduce(torch.ones(4)))
+    c.close()
+    return first, second
+
+
 def stop_calling(algorithm, timeout_s):
     """Rank 1 never calls: the others time out naming it."""
     c = far.Communicator(algorithm=algorithm, timeout=timedelta(seconds=timeout_s))
@@ -96,16 +120,19 @@ def killed(algorithm, timeout_s, victim):
     return res
 
 
-def nan_inf():
-    c = far.Communicator(algorithm="shm")
+def nan_inf(hosts=None):
+    """max/min/sum with NaN and infinities. The last element is a NaN with a payload of each
+    rank's own, so the results' bits show whether every rank reduced in the same order."""
     r = dist.get_rank()
+    c = far.Communicator(algorithm="auto", host_id=hosts[r] if hosts else None)
+    algos = ("hierarchical",) if hosts else ("ring", "halving_doubling", "shm")
     out = {}
-    for algo in ("ring", "halving_doubling", "shm"):
-        x = torch.tensor([float("nan") if r == 0 else 1.0, 2.0, float("inf"), -float("inf") if r == 1 else 0.0])
-        mx = c.allreduce(x.clone(), op="max", algorithm=algo)
-        mn = c.allreduce(x.clone(), op="min", algorithm=algo)
-        sm = c.allreduce(x.clone(), op="sum", algorithm=algo)
-        out[algo] = (mx.tolist(), mn.tolist(), sm.tolist())
+    for algo in algos:
+        payload = torch.tensor([0x7FC00001 + r], dtype=torch.int32).view(torch.float32)
+        x = torch.cat([torch.tensor([float("nan") if r == 0 else 1.0, 2.0, float("inf"),
+                                     -float("inf") if r == 1 else 0.0]), payload])
+        res = [c.allreduce(x.clone(), op=op, algorithm=algo) for op in ("max", "min", "sum")]
+        out[algo] = tuple(t[:4].tolist() for t in res) + (tuple(t.view(torch.int32)[4].item() for t in res),)
     c.close()
     return out
 

@@ -40,6 +40,19 @@ def test_mismatch_errors_on_every_rank(pool, kind, algorithm):
         assert second[0] == "ClosedError", second
 
 
+@pytest.mark.parametrize("kind", ["size_local", "size_host", "dtype_host", "op_local", "count_zero_host",
+                                  "count_zero_local", "algorithm"])
+def test_mismatch_hierarchical_errors_on_every_rank(pool, kind):
+    """Two simulated hosts of two ranks: every rank raises a mismatch promptly (the timeout is
+    30 s), and the communicator is closed afterwards."""
+    res = pool(4).run(fc.mismatch_hierarchical, kind, ["a", "a", "b", "b"], timeout=120)
+    for first, second in res:
+        assert first[0] in ("MismatchError", "CommError"), first
+        assert "mismatch" in first[1], first
+        assert first[2] < 20, first
+        assert second[0] == "ClosedError", second
+
+
 @pytest.mark.parametrize("algorithm", ["ring", "shm"])
 def test_rank_that_stops_calling_times_out(pool, algorithm):
     res = pool(3).run(fc.stop_calling, algorithm, 3, timeout=120)
@@ -67,13 +80,19 @@ def test_kill_9_in_the_middle(algorithm):
     assert _shm_segments() == before
 
 
-def test_nan_and_inf(pool):
-    res = pool(2).run(fc.nan_inf)
+@pytest.mark.parametrize("world,hosts", [(2, None), (4, ["a", "a", "b", "b"])])
+def test_nan_and_inf(pool, world, hosts):
+    """NaN wins in max/min (as torch.maximum); on two simulated hosts the cross-host stage is a
+    pair swap, where both ranks must reduce in the same order: a NaN payload of each rank's own
+    must come out the same on every rank."""
+    res = pool(world).run(fc.nan_inf, hosts)
     nan = float("nan")
-    for algo, (mx, mn, sm) in res[0].items():
+    for algo, (mx, mn, sm, bits) in res[0].items():
         assert str(mx) == str([nan, 2.0, float("inf"), 0.0]), (algo, mx)
         assert str(mn) == str([nan, 2.0, float("inf"), -float("inf")]), (algo, mn)
-        assert str(sm) == str([nan, 4.0, float("inf"), -float("inf")]), (algo, sm)
+        assert str(sm) == str([nan, world * 2.0, float("inf"), -float("inf")]), (algo, sm)
+        assert all(b & 0x7FC00000 == 0x7FC00000 for b in bits), (algo, bits)  # NaN
+        assert all(res[r][algo][3] == bits for r in range(world)), [res[r][algo][3] for r in range(world)]
 
 
 def test_close_drains_queued_ops(pool):

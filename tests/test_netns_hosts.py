@@ -37,12 +37,14 @@ def _hd_us(nbytes, p, alpha, beta):
 
 
 def _hier_us(nbytes, hosts, local, cfg):
-    """Per slot-sized chunk: the shared-memory stages' latency and a cross-host ring's steps; plus
-    every byte through the shared-memory stages and each local rank's 1/L share across hosts."""
+    """Per slot-sized chunk: the shared-memory stages' latency and the cross-host steps (one swap
+    between two hosts, else a ring's); plus every byte through the shared-memory stages and each
+    local rank's 1/L share across hosts."""
     alpha, beta = cfg["FASTALLREDUCE_ALPHA_US"], cfg["FASTALLREDUCE_BETA_GBPS"]
     slot = (cfg["FASTALLREDUCE_HIER_SLOT_BYTES"] + 4095) // 4096 * 4096  # the slot across hosts
     chunks = max(1, -(-nbytes // slot))
-    return (chunks * (cfg["FASTALLREDUCE_SHM_STAGE_US"] + 2 * (hosts - 1) * alpha)
+    steps = 1 if hosts == 2 else 2 * (hosts - 1)
+    return (chunks * (cfg["FASTALLREDUCE_SHM_STAGE_US"] + steps * alpha)
             + nbytes / (cfg["FASTALLREDUCE_SHM_GBPS"] * 1e3) + 2 * (hosts - 1) / hosts * nbytes / local / (beta * 1e3))
 
 

@@ -61,16 +61,28 @@ inline size_t seg_elems(const Job& job, const AlgoOptions& o) {
   return std::max<size_t>(1, o.chunk_bytes / job.esize());
 }
 
-enum class Merge { kReduce, kCopy };
+// How exchange() merges a received segment into job.buf. The two ordered reductions run the
+// same kernel with the operands in a stated order, so that two ranks swapping the same span
+// compute identical bits (NaN payloads included) when each puts the lower rank's data first.
+enum class Merge {
+  kReduce,             // dst = op(dst, received)
+  kCopy,               // dst = received
+  kReduceMineFirst,    // dst = op(dst, received), ordered
+  kReduceTheirsFirst,  // dst = op(received, dst), ordered
+};
 
 // Sends `send` of job.buf to `peer` and receives `recv` from it, merging into job.buf as it
 // arrives, in segments so that merging one segment overlaps moving the next. Either span
-// may be empty (a one-way transfer).
+// may be empty (a one-way transfer). The spans are either disjoint or the same span (a swap:
+// each segment is merged once its own send has completed). Avg merges as sum.
 void exchange(P2P& t, int peer, Span send, Span recv, Merge merge, const Job& job,
               const AlgoOptions& o, Staging& st);
 
 void ring_allreduce(P2P& t, const Job& job, const AlgoOptions& o, Staging& st);
 void halving_doubling_allreduce(P2P& t, const Job& job, const AlgoOptions& o, Staging& st);
+// Two ranks: one swap of the whole buffer, then both reduce in rank order (one message step
+// where ring and halving-doubling take two, for the same bytes).
+void pair_allreduce(P2P& t, const Job& job, const AlgoOptions& o, Staging& st);
 
 // Modelled time of an algorithm for `bytes` on `p` ranks, used by algorithm="auto".
 struct CostModel {
@@ -83,7 +95,8 @@ struct CostModel {
   double ring_us(size_t bytes, int p) const;
   double hd_us(size_t bytes, int p) const;
   // Hierarchical on `hosts` hosts of `local` ranks, in chunks of `chunk_bytes` (a slot): per
-  // chunk the shared-memory stages and a cross-host ring of the chunk's 1/local share.
+  // chunk the shared-memory stages and a cross-host allreduce of the chunk's 1/local share (a
+  // pair swap between two hosts, else a ring).
   double hier_us(size_t bytes, int hosts, int local, size_t chunk_bytes) const;
 };
 

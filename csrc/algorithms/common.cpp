@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <stdexcept>
 
 #include "algorithms/algorithm.h"
 
@@ -34,6 +35,10 @@ void exchange(P2P& t, int peer, Span send, Span recv, Merge merge, const Job& jo
               const AlgoOptions& o, Staging& st) {
   const size_t seg = seg_elems(job, o), es = job.esize();
   const size_t nsend = (send.len + seg - 1) / seg, nrecv = (recv.len + seg - 1) / seg;
+  const bool swap = send.len && recv.len && send.begin == recv.begin && send.len == recv.len;
+  const bool overlap = send.begin < recv.begin + recv.len && recv.begin < send.begin + send.len;
+  if (!swap && send.len && recv.len && overlap)
+    throw std::logic_error("fastallreduce: exchange of overlapping, different spans");
   const int w = std::max(1, o.window);
   std::vector<Request> sends;
   sends.reserve(nsend);
@@ -52,10 +57,20 @@ void exchange(P2P& t, int peer, Span send, Span recv, Merge merge, const Job& jo
     recvs.pop_front();
     Span s = segment(recv, seg, j);
     char* stage = st.get(static_cast<int>(j % w), seg * es);
-    if (merge == Merge::kReduce)
-      reduce_inplace(job.at(s.begin), stage, s.len, job.dtype, job.op, o.threads);
-    else
-      std::memcpy(job.at(s.begin), stage, s.len * es);
+    if (swap) t.wait(sends[j]);  // the segment is still being sent from where it is merged
+    char* dst = job.at(s.begin);
+    switch (merge) {
+      case Merge::kReduce: reduce_inplace(dst, stage, s.len, job.dtype, job.op, o.threads); break;
+      case Merge::kCopy: std::memcpy(dst, stage, s.len * es); break;
+      case Merge::kReduceMineFirst:
+      case Merge::kReduceTheirsFirst: {
+        const bool mine_first = merge == Merge::kReduceMineFirst;
+        const void* srcs[2] = {mine_first ? dst : stage, mine_first ? stage : dst};
+        const RedOp op = job.op == RedOp::kAvg ? RedOp::kSum : job.op;  // the caller divides
+        reduce_many(dst, srcs, 2, s.len, job.dtype, op, 1, o.threads);
+        break;
+      }
+    }
     if (j + w < nrecv) post(j + w);
   }
   for (auto& r : sends) t.wait(r);
@@ -68,7 +83,8 @@ double CostModel::ring_us(size_t bytes, int p) const {
 
 double CostModel::hier_us(size_t bytes, int hosts, int local, size_t chunk_bytes) const {
   const double chunks = std::max<size_t>(1, (bytes + chunk_bytes - 1) / std::max<size_t>(1, chunk_bytes));
-  const double cross_steps = hosts > 1 ? 2.0 * (hosts - 1) : 0.0;
+  // Two hosts swap their slices in one step (pair_allreduce); more run a ring.
+  const double cross_steps = hosts == 2 ? 1.0 : hosts > 2 ? 2.0 * (hosts - 1) : 0.0;
   const double cross_bytes = hosts > 1 ? 2.0 * (hosts - 1) / hosts * bytes / std::max(1, local) : 0.0;
   return chunks * (shm_stage_us + cross_steps * alpha_us) + bytes / (shm_gbps * 1e3) + cross_bytes / (beta_gbps * 1e3);
 }

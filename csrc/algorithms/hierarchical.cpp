@@ -4,16 +4,18 @@
 // Needs the same number of ranks on every host; the engine falls back to a flat algorithm
 // otherwise.
 //
-// The cross-host stage of sum, avg and product is Gloo's own allreduce (one c10d Work per slice:
-// its ring runs on Gloo's thread, with none of the per-message Works of send/recv); max and min
+// The cross-host stage between two hosts is a pair swap (one message step, every op). Among
+// more hosts, sum, avg and product run as Gloo's own allreduce (one c10d Work per slice: its
+// ring runs on Gloo's thread, with none of the per-message Works of send/recv); max and min
 // keep our ring / halving-doubling, whose kernels let NaN win as torch.maximum does (Gloo's
 // std::max does not), and so does bool.
 #include "algorithms/hierarchical.h"
 
 namespace far {
 
-bool cross_on_collective(RedOp op, DType dtype) {
-  return dtype != DType::kBool && (op == RedOp::kSum || op == RedOp::kAvg || op == RedOp::kProduct);
+bool cross_on_collective(int hosts, RedOp op, DType dtype) {
+  const bool sum_like = op == RedOp::kSum || op == RedOp::kAvg || op == RedOp::kProduct;
+  return hosts > 2 && dtype != DType::kBool && sum_like;
 }
 
 void hierarchical_allreduce(ShmContext& ctx, P2P& cross, const Job& job, const ShmOptions& so,
@@ -23,7 +25,8 @@ void hierarchical_allreduce(ShmContext& ctx, P2P& cross, const Job& job, const S
       if (slice.op == RedOp::kAvg) scale_div(slice.buf, slice.count, slice.dtype, slice.divisor, ao.threads);
       return;
     }
-    if (cross_on_collective(slice.op, slice.dtype)) {
+    if (cross.size() == 2) return pair_allreduce(cross, slice, ao, st);
+    if (cross_on_collective(cross.size(), slice.op, slice.dtype)) {
       // Every rank gets Gloo's bits, then divides them identically: the same result everywhere.
       Request r = cross.iallreduce(slice.buf, slice.count, slice.dtype,
                                    slice.op == RedOp::kAvg ? RedOp::kSum : slice.op, ctx.deadline);

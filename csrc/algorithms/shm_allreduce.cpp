@@ -7,8 +7,8 @@
 //      rank compares all headers, so every rank sees a mismatch)
 //   3a. small messages (one-shot): reduce the whole chunk from all segments into the output
 //   3b. otherwise: reduce my slice from all segments into my own segment, run the stage (the
-//       cross-host allreduce in the hierarchical algorithm), publish reduced=k, wait for
-//       every rank's reduced=k, copy every slice out
+//       cross-host allreduce in the hierarchical algorithm), publish reduced=k, copy my slice
+//       out, wait for every rank's reduced=k, copy the other slices out
 //   4. publish done=k
 // Every rank sums in the same order (local rank 0..L-1), so every rank gets the same bits;
 // 16-bit floats are summed in float32 and rounded once.
@@ -175,11 +175,15 @@ void finish_chunk(ShmContext& ctx, const ShmChunk& ch, const Job& job, const Pla
   if (my.len) reduce_many(mine + my.begin * es, srcs.data(), L, my.len, job.dtype, p.local_op, p.local_div, o.threads);
   run_stage(stage, job, p, mine + my.begin * es, my.len);
   g.publish(&ShmControl::reduced, ch.k);
-  g.wait_all(&ShmControl::reduced, ch.k, "reduce-scatter", ctx.header, ctx.deadline, ctx.poll);
-  for (int r = 0; r < L; ++r) {
+  // My slice first, while the peers may still be in their stages (nobody reads my input).
+  auto copy_out = [&](int r) {
     const Span sl = aligned_part(chunk.len, L, r, es);
     if (sl.len) std::memcpy(out + sl.begin * es, g.slot(r, ch.slot) + sl.begin * es, sl.len * es);
-  }
+  };
+  copy_out(me);
+  g.wait_all(&ShmControl::reduced, ch.k, "reduce-scatter", ctx.header, ctx.deadline, ctx.poll);
+  for (int r = 0; r < L; ++r)
+    if (r != me) copy_out(r);
   g.publish(&ShmControl::done, ch.k);
 }
 
