@@ -13,9 +13,8 @@
 
 namespace far {
 
-bool cross_on_collective(int hosts, RedOp op, DType dtype) {
-  const bool sum_like = op == RedOp::kSum || op == RedOp::kAvg || op == RedOp::kProduct;
-  return hosts > 2 && dtype != DType::kBool && sum_like;
+bool cross_on_collective(RedOp op, DType dtype) {
+  return dtype != DType::kBool && (op == RedOp::kSum || op == RedOp::kAvg || op == RedOp::kProduct);
 }
 
 void hierarchical_allreduce(ShmContext& ctx, P2P& cross, const Job& job, const ShmOptions& so,
@@ -26,7 +25,7 @@ void hierarchical_allreduce(ShmContext& ctx, P2P& cross, const Job& job, const S
       return;
     }
     if (cross.size() == 2) return pair_allreduce(cross, slice, ao, st);
-    if (cross_on_collective(cross.size(), slice.op, slice.dtype)) {
+    if (cross_on_collective(slice.op, slice.dtype)) {
       // Every rank gets Gloo's bits, then divides them identically: the same result everywhere.
       Request r = cross.iallreduce(slice.buf, slice.count, slice.dtype,
                                    slice.op == RedOp::kAvg ? RedOp::kSum : slice.op, ctx.deadline);

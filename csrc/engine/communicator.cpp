@@ -155,9 +155,10 @@ Algo Communicator::choose(size_t bytes) const {
   if (shm_ && topo_.num_hosts == 1) return Algo::kShm;
   const Algo flat = choose_flat(bytes);
   if (shm_ && topo_.uniform && cross_) {
-    // Hierarchical: per slot-sized chunk the shared-memory stages plus a cross-host ring of each
-    // local rank's 1/L share among the H hosts; flat: every byte among all ranks. Every term
-    // comes from constants agreed at construction, so every rank decides alike.
+    // Hierarchical: per slot-sized chunk the shared-memory stages plus the cross-host allreduce
+    // of each local rank's 1/L share among the H hosts (a swap between two); flat: every byte
+    // among all ranks. Every term comes from constants agreed at construction, so every rank
+    // decides alike.
     const int l = static_cast<int>(topo_.local.group_ranks.size());
     const double hier = cfg_.cost.hier_us(bytes, topo_.num_hosts, l, shm_->slot_bytes());
     if (hier <= std::min(cfg_.cost.hd_us(bytes, size_), cfg_.cost.ring_us(bytes, size_))) return Algo::kHierarchical;
