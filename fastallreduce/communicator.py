@@ -76,17 +76,19 @@ def _nccl(store: dist.Store, rank: int, size: int, timeout_ms: int, name: str = 
     opts.is_high_priority_stream = False
     opts._timeout = timedelta(milliseconds=timeout_ms)
     opts.group_name = name  # names the group in torch's NCCL logs and flight recorder
+    # TORCH_NCCL_ASYNC_ERROR_HANDLING=2 (clean up only) for this group alone: on a timeout or an
+    # NCCL error torch's watchdog aborts the group instead of ending the process, and the engine
+    # raises. ProcessGroupNCCL reads it once, in its constructor. It is set and restored through
+    # torch's own environment accessors (torch's lock), never os.environ: torch's threads read
+    # their settings concurrently, and Python's putenv does not take torch's lock.
     key = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
     with _env_lock:
-        before = os.environ.get(key)
-        os.environ[key] = _NCCL_ERROR_HANDLING
+        before = _C._get_torch_env(key)
+        _C._set_torch_env(key, _NCCL_ERROR_HANDLING)
         try:
             return dist.ProcessGroupNCCL(store, rank, size, opts)
         finally:  # only this group is made with our setting; others keep the user's
-            if before is None:
-                del os.environ[key]
-            else:
-                os.environ[key] = before
+            _C._set_torch_env(key, before)
 
 
 def _op_code(op: Any) -> int:

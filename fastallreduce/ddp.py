@@ -194,8 +194,9 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
 
     The returned Future holds the averaged gradients (sum / group size), same shape and dtype as
     ``bucket.buffer()``. With compression, each rank's share (the buffer divided by the group
-    size, as torch's fp16_compress_hook does) is cast for the wire and summed, then cast back into
-    the buffer: the sum cannot overflow where the average fits.
+    size, in its own precision) is cast for the wire and summed, then cast back into the buffer:
+    the sum cannot overflow where the average fits. (torch's fp16_compress_hook casts first, then
+    divides: a gradient over float16's range is inf there even where its average fits.)
     """
     buf = bucket.buffer()
     if buf.is_sparse:

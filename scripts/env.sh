@@ -1,25 +1,49 @@
 # Sourced by scripts/main.sh and scripts/test.sh: creates .venv, installs the pinned torch
 # and the tools, and builds fastallreduce._C. Safe to rerun: each step is skipped or
 # incremental when already done.
+#   FASTALLREDUCE_TORCH=torch==2.11.0   another torch release in the venv (default: the pin)
+#   FASTALLREDUCE_TORCH=installed       no venv: the torch that $PYTHON already has (the user's
+#                                       environment; any torch from 2.11), tools added if missing
+#   FASTALLREDUCE_VENV=.venv-oldest     another venv directory (default .venv)
+#   PYTHON=python3.12                   the interpreter (default python3)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 TORCH_PIN="${FASTALLREDUCE_TORCH:-torch==2.14.1}"
 PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  echo "[env] creating .venv"
-  "$PY" -m venv .venv
+TOOLS="ninja pytest pytest-timeout pytest-benchmark tqdm matplotlib scikit-learn numpy"
+if [ "$TORCH_PIN" = "installed" ]; then
+  # The user's own environment: nothing replaces their torch.
+  if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    echo "[env] FASTALLREDUCE_TORCH=installed, but $PY has no torch: install torch (2.11 or newer) first" >&2
+    return 1 2>/dev/null || exit 1
+  fi
+  PYBIN="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')")"
+  export PATH="$PYBIN:$PATH"
+  python() { "$PY" "$@"; }
+  state_dir="$ROOT/build/env-installed"
+  mkdir -p "$state_dir"
+  want="installed $("$PY" -c 'import torch; print(torch.__version__)') $TOOLS"
+  pip_args="$TOOLS"
+else
+  VENV="${FASTALLREDUCE_VENV:-.venv}"
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "[env] creating $VENV"
+    "$PY" -m venv "$VENV"
+  fi
+  # shellcheck disable=SC1090
+  . "$VENV/bin/activate"
+  state_dir="$VENV"
+  want="$TORCH_PIN $TOOLS"
+  pip_args="$want"
 fi
-# shellcheck disable=SC1091
-. .venv/bin/activate
-stamp=".venv/.fastallreduce-deps"
-want="$TORCH_PIN ninja pytest pytest-timeout pytest-benchmark tqdm matplotlib scikit-learn numpy"
+stamp="$state_dir/.fastallreduce-deps"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[env] installing $want"
+  echo "[env] installing $pip_args"
   t0=$(date +%s)
-  python -m pip install -q --upgrade pip
+  [ "$TORCH_PIN" = "installed" ] || python -m pip install -q --upgrade pip
   # shellcheck disable=SC2086
-  python -m pip install -q $want
+  python -m pip install -q $pip_args
   echo "$want" > "$stamp"
   echo "[env] dependencies installed in $(( $(date +%s) - t0 )) s"
 fi
@@ -31,14 +55,14 @@ export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 # nothing that goes into the build changed since the last one: sources, build files, settings.
 src_hash=$( (find csrc -type f -print0 | sort -z | xargs -0 sha1sum
              sha1sum setup.py pyproject.toml
-             echo "${FASTALLREDUCE_CUDA:-} ${TORCH_CUDA_ARCH_LIST:-} ${CUDA_HOME:-} $TORCH_PIN") | sha1sum | cut -d' ' -f1)
-build_stamp=".venv/.fastallreduce-build"
+             echo "${FASTALLREDUCE_CUDA:-} ${TORCH_CUDA_ARCH_LIST:-} ${CUDA_HOME:-} $want") | sha1sum | cut -d' ' -f1)
+build_stamp="$state_dir/.fastallreduce-build"
 if [ -f "$build_stamp" ] && [ "$(cat "$build_stamp")" = "$src_hash" ] &&
    python -c "import fastallreduce._C" >/dev/null 2>&1; then
   echo "[env] fastallreduce._C is up to date (no source or build setting changed since the last build)"
 else
   t0=$(date +%s)
-  echo "[env] building fastallreduce._C (pip install --no-build-isolation -e .)"
+  echo "[env] building fastallreduce._C against torch $(python -c 'import torch; print(torch.__version__)') (pip install --no-build-isolation -e .)"
   rm -f "$build_stamp"
   python -m pip install -q --no-build-isolation --no-deps -e .
   echo "$src_hash" > "$build_stamp"

@@ -284,3 +284,17 @@ def compressed_average(compression: str, algorithm: str, n: int = 4096):
     expected = 40000.0 + 10000.0 * (world - 1) / 2 + pattern
     state.comm.close()
     return out.clone(), expected
+
+
+def cast_order_against_torch(n: int = 64):
+    """Rank 0's gradient (70000) is beyond float16's range, the average of the ranks' is not. Ours
+    divides before the cast; torch's fp16_compress_hook casts first. Returns (ours, torch's)."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import fp16_compress_hook
+
+    rank = dist.get_rank()
+    grad = torch.full((n,), 70000.0 if rank == 0 else -10000.0 * (dist.get_world_size() - 1))
+    state = far.ddp.HookState(compression="fp16")
+    ours = far.ddp.allreduce_hook(state, _Bucket(grad.clone())).wait().clone()
+    state.comm.close()
+    theirs = fp16_compress_hook(None, _Bucket(grad.clone())).wait().clone()
+    return ours, theirs

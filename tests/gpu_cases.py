@@ -96,27 +96,44 @@ def gather_family():
 
 
 def stream_ordering():
-    """A producer on a side stream, then allreduce on the current stream after wait_stream: the
-    collective must see the produced values (sync), and a Future's then-callback the result."""
+    """The caller's current stream orders the collective, at world size 1 too. The stream is not
+    the default one (the engine's worker thread runs on the default stream, so a capture that
+    fell back to it would go unnoticed otherwise), the call is out of place (an in-place sum over
+    one rank leaves its input unchanged), and the producer is queued on that stream behind a long
+    GPU sleep: a collective issued anywhere but after it copies the zeros. A consumer queued on
+    the same stream after the call (after ``wait()`` when async) must see the result.
+    Returns (sync_ok, async_ok, then_ok, nccl_made)."""
     dev, comm = device(), dist_cases.comm()
     world = dist.get_world_size()
-    side = torch.cuda.Stream()
-    x = torch.zeros(1 << 20, device=dev)
-    with torch.cuda.stream(side):
-        torch.cuda._sleep(100_000_000)  # ~50 ms of GPU time before the values are written
-        x.fill_(1.0)
-    torch.cuda.current_stream().wait_stream(side)
-    comm.allreduce(x)
-    sync_ok = bool((x == world).all())
-    y = torch.zeros(1 << 20, device=dev)
-    with torch.cuda.stream(side):
-        torch.cuda._sleep(100_000_000)
-        y.fill_(2.0)
-    torch.cuda.current_stream().wait_stream(side)
-    fut = comm.allreduce(y, async_op=True)
-    doubled = fut.then(lambda f: f.value() * 2).wait()
-    async_ok = bool((doubled == 4 * world).all()) and bool((fut.wait() == 2 * world).all())
-    return sync_ok, async_ok, comm._c.nccl_made
+    stream = torch.cuda.Stream()
+    assert stream != torch.cuda.default_stream()
+    n = 1 << 20
+    ok = {}
+    for async_op in (False, True):
+        x = torch.zeros(n, device=dev)
+        y = torch.full((n,), -1.0, device=dev)
+        torch.cuda.synchronize()
+        with torch.cuda.stream(stream):
+            torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time on this stream before x is written
+            x.fill_(1.0)
+            res = comm.allreduce(x, out=y, async_op=async_op)
+            if async_op:
+                res.wait()  # makes this stream wait for the collective
+            seen = y * 2  # the consumer, on the same stream
+        stream.synchronize()
+        ok[async_op] = bool((seen == 2 * world).all()) and bool((y == world).all())
+    # A then-callback runs with the future's streams current: it sees the result too.
+    x = torch.zeros(n, device=dev)
+    y = torch.full((n,), -1.0, device=dev)
+    torch.cuda.synchronize()
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(200_000_000)
+        x.fill_(2.0)
+        fut = comm.allreduce(x, out=y, async_op=True)
+        doubled = fut.then(lambda f: f.value() * 2).wait()
+    torch.cuda.synchronize()
+    then_ok = bool((doubled == 4 * world).all())
+    return ok[False], ok[True], then_ok, comm._c.nccl_made
 
 
 def backend_on_cuda():

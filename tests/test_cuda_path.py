@@ -2,6 +2,7 @@
 the NCCL group's factory, arrays through DLPack (NumPy), the choice of the CUDA SGD path and its
 torch operations (on CPU tensors), the backend, and the GPU check's dry run."""
 import os
+import shutil
 import subprocess
 import sys
 from datetime import timedelta
@@ -12,7 +13,7 @@ import torch.distributed as dist
 
 import fastallreduce as far
 import gpu_cases as gc
-from fastallreduce import communicator
+from fastallreduce import _C, communicator
 from fastallreduce.optim import SGD
 from fastallreduce.optim import cuda as sgd_cuda
 
@@ -29,7 +30,10 @@ def test_communicator_constructs_without_gpu(pool):
 
 
 def test_nccl_factory_sets_error_handling_for_its_group_only(monkeypatch):
+    # ProcessGroupNCCL reads the variable through torch's environment accessor: that is what the
+    # fake reads. The write goes through torch's accessor too (its lock), never os.environ.
     seen = {}
+    key = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
 
     class FakeNCCL:
         class Options:
@@ -37,18 +41,89 @@ def test_nccl_factory_sets_error_handling_for_its_group_only(monkeypatch):
             group_name = ""
 
         def __init__(self, store, rank, size, opts):
-            seen.update(env=os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING"), timeout=opts._timeout,
-                        args=(store, rank, size), name=opts.group_name)
+            seen.update(env=_C._get_torch_env(key), timeout=opts._timeout, args=(store, rank, size),
+                        name=opts.group_name, os_environ=os.environ.get(key))
 
     monkeypatch.setattr(dist, "ProcessGroupNCCL", FakeNCCL, raising=False)
-    monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
+    monkeypatch.setenv(key, "3")
     communicator._nccl("store", 1, 2, 1500)
     assert seen == {"env": "2", "timeout": timedelta(milliseconds=1500), "args": ("store", 1, 2),
-                    "name": "fastallreduce"}
-    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"  # the user's setting, restored
-    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING")
+                    "name": "fastallreduce", "os_environ": "3"}
+    assert _C._get_torch_env(key) == "3" and os.environ[key] == "3"  # the user's setting, restored
+    monkeypatch.delenv(key)
     communicator._nccl("store", 0, 1, 10)
-    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in os.environ
+    assert seen["env"] == "2"
+    assert _C._get_torch_env(key) is None and key not in os.environ
+
+
+@pytest.mark.parametrize("result,kind,words", [(0, None, ""), (1, "timeout", "did not complete"),
+                                               (2, "fault", "communication error"), (100, "fault", "result 100")])
+def test_nccl_work_results_map_to_their_errors(result, kind, words):
+    # Issue 25 (e): torch's NCCL watchdog reports COMM_ERROR (2) and others besides TIMEOUT (1);
+    # only a timeout is a CommTimeoutError, the rest CommError (the record's kind picks the class).
+    record = _C._nccl_fault_record(result, 3, "allreduce of 8 x float32")
+    if kind is None:
+        assert record == ""
+    else:
+        k, msg = record.split("|", 1)
+        assert k == kind and words in msg and msg.startswith("fastallreduce: rank 3: allreduce of 8 x float32")
+
+
+_LOCK_ORDER_SCRIPT = r"""
+import threading, time, datetime
+import torch.distributed as dist
+import fastallreduce as far
+from fastallreduce import _C, communicator
+
+made = threading.Event()
+
+def slow_factory(store, rank, size, timeout_ms, name="x"):
+    made.set()
+    time.sleep(0.5)  # the GIL is free meanwhile: the main thread reads nccl_made
+    return communicator._gloo(store, rank, size, timeout_ms)
+
+communicator._nccl = slow_factory
+communicator.dist.is_nccl_available = lambda: True
+store = dist.HashStore()
+dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+comm = far.Communicator()
+t = threading.Thread(target=comm._c._make_nccl_group)
+t.start()
+made.wait(10)
+reads = 0
+deadline = time.monotonic() + 1.0
+while time.monotonic() < deadline:
+    reads += 1
+    comm._c.nccl_made  # takes the engine's NCCL mutex while holding the GIL
+t.join(10)
+assert not t.is_alive() and comm._c.nccl_made, "the group was not made"
+comm.close()
+dist.destroy_process_group()
+print("ok", reads)
+"""
+
+
+def test_nccl_group_creation_races_nccl_made_without_deadlock():
+    # Issue 25 (f): making the group held the engine's NCCL mutex while the factory waited for the
+    # GIL, and nccl_made held the GIL while waiting for that mutex: a deadlock (the timeout here).
+    p = subprocess.run([sys.executable, "-c", _LOCK_ORDER_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert p.returncode == 0 and p.stdout.startswith("ok"), p.stdout + p.stderr
+
+
+def test_gpu_check_runs_on_a_checkout_without_the_extension(tmp_path):
+    # Issue 25 (a): `python3 -m fastallreduce.gpu_check` must start before _C is built (it builds
+    # it); the package imports without it and says how to build when a name needs it.
+    shutil.copytree(os.path.join(ROOT, "fastallreduce"), tmp_path / "fastallreduce",
+                    ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    p = subprocess.run([sys.executable, "-m", "fastallreduce.gpu_check", "--dry-run"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "build" in p.stdout and "--dry-run" in p.stdout
+    p = subprocess.run([sys.executable, "-c", "import fastallreduce as f; f.Communicator"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert p.returncode != 0 and "ImportError" in p.stderr and "pip install --no-build-isolation -e ." in p.stderr
 
 
 def test_numpy_arrays(pool):
@@ -153,6 +228,7 @@ def test_backend_makes_no_nccl_group_until_cuda():
 
 
 @pytest.mark.parametrize("argv", [[sys.executable, "-m", "fastallreduce", "check", "--gpu", "--dry-run"],
+                                  [sys.executable, "-m", "fastallreduce.gpu_check", "--dry-run"],
                                   [sys.executable, os.path.join("fastallreduce", "gpu_check.py"), "--dry-run"]])
 def test_gpu_check_dry_run(argv):
     p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
@@ -161,7 +237,7 @@ def test_gpu_check_dry_run(argv):
     for name in ("build", "GPU tests, one GPU", "GPU tests, two or more GPUs", "fused SGD vs torch fused SGD"):
         line = next(ln for ln in p.stdout.splitlines() if ln.startswith(name))
         assert "skipped" in line and "--dry-run" in line, line
-    assert "465 s of the 480 s budget" in p.stdout
+    assert "360 s of the 360 s budget" in p.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without a GPU")

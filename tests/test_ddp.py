@@ -159,3 +159,10 @@ def test_compression_does_not_overflow(pool, compression, algorithm):
     for out, expected in pool(2).run(dc.compressed_average, compression, algorithm, timeout=TIMEOUT):
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
         torch.testing.assert_close(out, expected, rtol=1e-2 if compression == "bf16" else 1e-3, atol=0)
+
+
+def test_compression_divides_before_the_cast_unlike_torch(pool):
+    # docs/gpu.md and the hook's docstring: ours divides, then casts; torch casts, then divides.
+    for ours, theirs in pool(2).run(dc.cast_order_against_torch, timeout=TIMEOUT):
+        assert torch.equal(ours, torch.full_like(ours, 30000.0))
+        assert torch.isinf(theirs).all()

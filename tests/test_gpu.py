@@ -41,8 +41,8 @@ def test_gather_family_world1():
 
 
 def test_stream_ordering_and_async_future_world1():
-    [(sync_ok, async_ok, made)] = _pool(1).run(gc.stream_ordering, timeout=TIMEOUT)
-    assert sync_ok and async_ok and made
+    [(sync_ok, async_ok, then_ok, made)] = _pool(1).run(gc.stream_ordering, timeout=TIMEOUT)
+    assert sync_ok and async_ok and then_ok and made
 
 
 def test_hooks_on_cuda_buckets_world1():

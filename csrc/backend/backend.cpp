@@ -8,6 +8,7 @@
 
 #include "common/aten.h"
 #include "common/errors.h"
+#include "common/torch_compat.h"
 
 namespace far {
 namespace {
@@ -294,7 +295,7 @@ void FastAllreduceBackend::abort() {
 // across ranks on the engine first, then Gloo runs it.
 #define FAR_DELEGATE(KIND, OP, ROOT, DTYPE, COUNT, DEVICE, CALL)            \
   return run_delegated(Delegated{KIND, OP, ROOT, DTYPE, COUNT, DEVICE}, \
-                       [&](c10d::Backend& b) { return b.CALL; })
+                       [&](c10d::Backend& b) { return CALL; })
 
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::broadcast(std::vector<at::Tensor>& tensors,
                                                                const c10d::BroadcastOptions& opts) {
@@ -306,23 +307,23 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::broadcast(std::vector<at::T
     return engine_run(std::move(c), c10d::OpType::BROADCAST, nullptr, !opts.asyncOp, {tensors[0]});
   }
   FAR_DELEGATE(Kind::kBroadcast, RedOp::kSum, static_cast<int>(opts.rootRank), dtype_of(tensors), total_numel(tensors),
-               device_of(tensors), broadcast(tensors, opts));
+               device_of(tensors), b.broadcast(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce_sparse(std::vector<at::Tensor>& tensors,
                                                                       const c10d::AllreduceOptions& opts) {
   // Sparse tensors: ranks hold different numbers of values, so only the kind, op and dtype agree.
   FAR_DELEGATE(Kind::kAllreduce, header_op(opts.reduceOp), 0, dtype_of(tensors), 0, device_of(tensors),
-               allreduce_sparse(tensors, opts));
+               b.allreduce_sparse(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allreduce_coalesced(
     std::vector<at::Tensor>& tensors, const c10d::AllreduceCoalescedOptions& opts) {
   FAR_DELEGATE(Kind::kCoalesced, header_op(opts.reduceOp), 0, dtype_of(tensors), total_numel(tensors),
-               device_of(tensors), allreduce_coalesced(tensors, opts));
+               device_of(tensors), b.allreduce_coalesced(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce(std::vector<at::Tensor>& tensors,
                                                             const c10d::ReduceOptions& opts) {
   FAR_DELEGATE(Kind::kReduce, header_op(opts.reduceOp), static_cast<int>(opts.rootRank), dtype_of(tensors),
-               total_numel(tensors), device_of(tensors), reduce(tensors, opts));
+               total_numel(tensors), device_of(tensors), b.reduce(tensors, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_allgather(at::Tensor& output, at::Tensor& input,
                                                                       c10d::OpType type, bool sync) {
@@ -354,57 +355,63 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather(std::vector<std::
     return engine_run(std::move(c), c10d::OpType::ALLGATHER, nullptr, !opts.asyncOp, outputs[0], finish);
   }
   FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs), device_of(inputs),
-               allgather(outputs, inputs, opts));
+               b.allgather(outputs, inputs, opts));
 }
+#if FAR_TORCH_SINGLE_NAMES
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_gather_single(at::Tensor& output, at::Tensor& input,
                                                                        const c10d::AllgatherOptions& opts) {
   if (auto w = engine_allgather(output, input, c10d::OpType::_ALLGATHER_BASE, !opts.asyncOp)) return w;
   FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, input.scalar_type(), input.numel(), input.device().type(),
-               all_gather_single(output, input, opts));
+               torch_compat::all_gather_single(b, output, input, opts));
 }
+#endif
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::_allgather_base(at::Tensor& output, at::Tensor& input,
                                                                      const c10d::AllgatherOptions& opts) {
   if (auto w = engine_allgather(output, input, c10d::OpType::_ALLGATHER_BASE, !opts.asyncOp)) return w;
   FAR_DELEGATE(Kind::kAllgather, RedOp::kSum, 0, input.scalar_type(), input.numel(), input.device().type(),
-               all_gather_single(output, input, opts));
+               torch_compat::all_gather_single(b, output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather_coalesced(
     std::vector<std::vector<at::Tensor>>& outputs, std::vector<at::Tensor>& inputs,
     const c10d::AllgatherOptions& opts) {
   FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs), device_of(inputs),
-               allgather_coalesced(outputs, inputs, opts));
+               b.allgather_coalesced(outputs, inputs, opts));
 }
+#if FAR_TORCH_SINGLE_NAMES
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_gather_single_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::AllgatherOptions& opts) {
   FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs), device_of(inputs),
-               all_gather_single_coalesced(outputs, inputs, opts));
+               torch_compat::all_gather_single_coalesced(b, outputs, inputs, opts));
 }
+#endif
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::allgather_into_tensor_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::AllgatherOptions& opts) {
   FAR_DELEGATE(Kind::kCoalesced, RedOp::kSum, 0, dtype_of(inputs), total_numel(inputs), device_of(inputs),
-               all_gather_single_coalesced(outputs, inputs, opts));
+               torch_compat::all_gather_single_coalesced(b, outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather(std::vector<std::vector<at::Tensor>>& outputs,
                                                             std::vector<at::Tensor>& inputs,
                                                             const c10d::GatherOptions& opts) {
   FAR_DELEGATE(Kind::kGather, RedOp::kSum, static_cast<int>(opts.rootRank), dtype_of(inputs), total_numel(inputs),
-               device_of(inputs), gather(outputs, inputs, opts));
+               device_of(inputs), b.gather(outputs, inputs, opts));
 }
+#if FAR_TORCH_SINGLE_NAMES
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather_single(at::Tensor& output, at::Tensor& input,
                                                                    const c10d::GatherOptions& opts) {
   FAR_DELEGATE(Kind::kGather, RedOp::kSum, static_cast<int>(opts.rootRank), input.scalar_type(), input.numel(),
-               input.device().type(), gather_single(output, input, opts));
+               input.device().type(), b.gather_single(output, input, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::gather_into_tensor(at::Tensor& output, at::Tensor& input,
                                                                         const c10d::GatherOptions& opts) {
   FAR_DELEGATE(Kind::kGather, RedOp::kSum, static_cast<int>(opts.rootRank), input.scalar_type(), input.numel(),
-               input.device().type(), gather_single(output, input, opts));
+               input.device().type(), b.gather_single(output, input, opts));
 }
+#endif
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::scatter(std::vector<at::Tensor>& outputs,
                                                              std::vector<std::vector<at::Tensor>>& inputs,
                                                              const c10d::ScatterOptions& opts) {
   FAR_DELEGATE(Kind::kScatter, RedOp::kSum, static_cast<int>(opts.rootRank), dtype_of(outputs), total_numel(outputs),
-               device_of(outputs), scatter(outputs, inputs, opts));
+               device_of(outputs), b.scatter(outputs, inputs, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::engine_reduce_scatter(at::Tensor& output, at::Tensor& input,
                                                                            c10d::OpType type,
@@ -432,49 +439,55 @@ c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter(std::vector<
     return engine_reduce_scatter(outputs[0], flat, c10d::OpType::REDUCE_SCATTER, opts);
   }
   FAR_DELEGATE(Kind::kReduceScatter, header_op(opts.reduceOp), 0, dtype_of(outputs), total_numel(outputs),
-               device_of(outputs), reduce_scatter(outputs, inputs, opts));
+               device_of(outputs), b.reduce_scatter(outputs, inputs, opts));
 }
+#if FAR_TORCH_SINGLE_NAMES
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_single(at::Tensor& output, at::Tensor& input,
                                                                            const c10d::ReduceScatterOptions& opts) {
   if (auto w = engine_reduce_scatter(output, input, c10d::OpType::_REDUCE_SCATTER_BASE, opts)) return w;
   FAR_DELEGATE(Kind::kReduceScatter, header_op(opts.reduceOp), 0, output.scalar_type(), output.numel(),
-               output.device().type(), reduce_scatter_single(output, input, opts));
+               output.device().type(), torch_compat::reduce_scatter_single(b, output, input, opts));
 }
+#endif
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::_reduce_scatter_base(at::Tensor& output, at::Tensor& input,
                                                                           const c10d::ReduceScatterOptions& opts) {
   if (auto w = engine_reduce_scatter(output, input, c10d::OpType::_REDUCE_SCATTER_BASE, opts)) return w;
   FAR_DELEGATE(Kind::kReduceScatter, header_op(opts.reduceOp), 0, output.scalar_type(), output.numel(),
-               output.device().type(), reduce_scatter_single(output, input, opts));
+               output.device().type(), torch_compat::reduce_scatter_single(b, output, input, opts));
 }
+#if FAR_TORCH_SINGLE_NAMES
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_single_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::ReduceScatterOptions& opts) {
   FAR_DELEGATE(Kind::kCoalesced, header_op(opts.reduceOp), 0, dtype_of(outputs), total_numel(outputs),
-               device_of(outputs), reduce_scatter_single_coalesced(outputs, inputs, opts));
+               device_of(outputs), torch_compat::reduce_scatter_single_coalesced(b, outputs, inputs, opts));
 }
+#endif
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::reduce_scatter_tensor_coalesced(
     std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs, const c10d::ReduceScatterOptions& opts) {
   FAR_DELEGATE(Kind::kCoalesced, header_op(opts.reduceOp), 0, dtype_of(outputs), total_numel(outputs),
-               device_of(outputs), reduce_scatter_single_coalesced(outputs, inputs, opts));
+               device_of(outputs), torch_compat::reduce_scatter_single_coalesced(b, outputs, inputs, opts));
 }
 // all_to_all: ranks may split differently, so the element count is not compared.
+#if FAR_TORCH_SINGLE_NAMES
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::all_to_all_single(at::Tensor& output, at::Tensor& input,
                                                                        std::vector<int64_t>& output_splits,
                                                                        std::vector<int64_t>& input_splits,
                                                                        const c10d::AllToAllOptions& opts) {
   FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, input.scalar_type(), 0, input.device().type(),
-               all_to_all_single(output, input, output_splits, input_splits, opts));
+               torch_compat::all_to_all_single(b, output, input, output_splits, input_splits, opts));
 }
+#endif
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::alltoall_base(at::Tensor& output, at::Tensor& input,
                                                                    std::vector<int64_t>& output_splits,
                                                                    std::vector<int64_t>& input_splits,
                                                                    const c10d::AllToAllOptions& opts) {
   FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, input.scalar_type(), 0, input.device().type(),
-               all_to_all_single(output, input, output_splits, input_splits, opts));
+               torch_compat::all_to_all_single(b, output, input, output_splits, input_splits, opts));
 }
 c10::intrusive_ptr<c10d::Work> FastAllreduceBackend::alltoall(std::vector<at::Tensor>& outputs,
                                                               std::vector<at::Tensor>& inputs,
                                                               const c10d::AllToAllOptions& opts) {
-  FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, dtype_of(inputs), 0, device_of(inputs), alltoall(outputs, inputs,
+  FAR_DELEGATE(Kind::kAllToAll, RedOp::kSum, 0, dtype_of(inputs), 0, device_of(inputs), b.alltoall(outputs, inputs,
                opts)); }
 
 #undef FAR_DELEGATE

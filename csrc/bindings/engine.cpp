@@ -7,7 +7,9 @@
 #include "bindings/registry.h"
 #include "common/aten.h"
 #include "common/errors.h"
+#include "common/torch_compat.h"
 #include "engine/communicator.h"
+#include "transport/nccl.h"
 
 namespace py = pybind11;
 
@@ -143,6 +145,8 @@ void bind(py::module& m) {
       .def_property_readonly("single_host", &Communicator::single_host)
       .def_property_readonly("config", [](const Communicator& c) { return config_dict(c.config()); })
       .def_property_readonly("nccl_made", &Communicator::nccl_made)
+      // What the first CUDA call does first: makes the NCCL group through the factory (tests).
+      .def("_make_nccl_group", [](Communicator& c) { c.nccl(); }, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("aborted", &Communicator::aborted)
       .def_property_readonly("abort_reason", &Communicator::abort_reason)
       .def("check_usable", &Communicator::check_usable)
@@ -162,6 +166,16 @@ void bind(py::module& m) {
     reduce_inplace(dst.data_ptr(), src.data_ptr(), dst.numel(), *to_dtype(dst.scalar_type()), static_cast<RedOp>(op),
                    threads);
   }, py::arg("dst"), py::arg("src"), py::arg("op"), py::arg("threads") = 1);
+  // torch's own environment accessors (they hold torch's environment lock, so torch's threads
+  // reading their settings never race a write) and the NCCL fault classification, for Python.
+  m.def("_set_torch_env", [](const std::string& name, c10::optional<std::string> value) {
+    torch_compat::set_env(name.c_str(), value ? std::optional<std::string>(*value) : std::nullopt);
+  }, py::arg("name"), py::arg("value"));
+  m.def("_get_torch_env", [](const std::string& name) -> c10::optional<std::string> {
+    auto v = torch_compat::get_env(name.c_str());
+    return v ? c10::optional<std::string>(*v) : c10::nullopt;
+  }, py::arg("name"));
+  m.def("_nccl_fault_record", &nccl_fault_record, py::arg("work_result"), py::arg("rank"), py::arg("what"));
   m.def("reduce_many", [](at::Tensor dst, const std::vector<at::Tensor>& srcs, int op, int divisor, int threads) {
     std::vector<const void*> ptrs;
     for (auto& s : srcs) {

@@ -31,6 +31,10 @@
 
 namespace far {
 
+// A fault record ("<kind>|<message>", as published in the store) as the exception its kind names:
+// mismatch -> MismatchError, timeout -> CommTimeoutError, anything else -> CommError.
+[[noreturn]] void throw_fault_record(const std::string& record);
+
 struct CommOptions {
   ConfigOverrides config;
   std::optional<std::string> host_id;  // replaces this process's host identity (simulated hosts)
@@ -188,6 +192,9 @@ class Communicator {
   std::shared_ptr<ShmRegistry> registry_;  // with shm_; outlives it in the tensors it registered
   ShmStats shm_stats_;
   // The NCCL group (made lazily) and what its watchdog reported (written from torch's thread).
+  // nccl_make_mu_ serialises the making (which takes the GIL); nccl_mu_ guards the members and is
+  // never held while the GIL is awaited.
+  std::mutex nccl_make_mu_;
   mutable std::mutex nccl_mu_;
   BackendFactory make_nccl_;
   bool cuda_ok_ = false;

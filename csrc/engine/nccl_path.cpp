@@ -16,14 +16,32 @@
 namespace far {
 
 c10::intrusive_ptr<c10d::Backend> Communicator::nccl() {
-  std::lock_guard<std::mutex> lk(nccl_mu_);
-  if (nccl_) return nccl_;
-  if (!make_nccl_)
-    throw not_implemented(closed_ ? "fastallreduce: communicator is closed"
-                                  : "fastallreduce: no CUDA path: this communicator has no NCCL group factory");
+  // The factory is a Python function (it takes the GIL), so it runs under nccl_make_mu_ alone:
+  // nccl_mu_ is also taken by threads that hold the GIL (nccl_made, abort, close), and holding it
+  // while waiting for the GIL would deadlock against them.
+  std::lock_guard<std::mutex> making(nccl_make_mu_);
+  BackendFactory factory;
+  {
+    std::lock_guard<std::mutex> lk(nccl_mu_);
+    if (nccl_) return nccl_;
+    if (!make_nccl_)
+      throw not_implemented(closed_ ? "fastallreduce: communicator is closed"
+                                    : "fastallreduce: no CUDA path: this communicator has no NCCL group factory");
+    factory = make_nccl_;
+  }
   // Our deadline covers the header check and the issue; NCCL's watchdog bounds the op itself.
   const auto timeout = std::chrono::milliseconds(cfg_.timeout_ms);
-  nccl_ = make_nccl_(c10::make_intrusive<c10d::PrefixStore>("nccl/", store_), rank_, size_, timeout);
+  c10::intrusive_ptr<c10d::Backend> pg =
+      factory(c10::make_intrusive<c10d::PrefixStore>("nccl/", store_), rank_, size_, timeout);
+  std::lock_guard<std::mutex> lk(nccl_mu_);
+  if (!make_nccl_) {  // closed while the group was being made: release it as close() would have
+    try {
+      pg->shutdown();
+    } catch (const std::exception&) {
+    }
+    throw ClosedError("fastallreduce: communicator is closed");
+  }
+  nccl_ = std::move(pg);
   make_nccl_ = nullptr;
   return nccl_;
 }
@@ -42,7 +60,7 @@ void Communicator::run_nccl(Task& task, const Header& h) {
     if (!nccl_fault_->record.empty()) {
       const std::string record = nccl_fault_->record;
       publish_abort(record);
-      throw CommTimeoutError(record.substr(record.find('|') + 1));
+      throw_fault_record(record);  // a timeout as CommTimeoutError, NCCL's errors as CommError
     }
   }
   announce(h);
@@ -67,10 +85,10 @@ void Communicator::run_nccl(Task& task, const Header& h) {
 }
 
 void Communicator::watch_nccl(const c10::intrusive_ptr<c10d::Work>& work, const Header& h) {
-  // ProcessGroupNCCL's watchdog completes this future with the op's WorkResult (0 success). The
-  // group is made with TORCH_NCCL_ASYNC_ERROR_HANDLING=2 (fastallreduce/communicator.py): on a
-  // timeout it aborts its NCCL communicator instead of ending the process, and the next call
-  // here raises CommTimeoutError.
+  // ProcessGroupNCCL's watchdog completes this future with the op's WorkResult. The group is
+  // made with TORCH_NCCL_ASYNC_ERROR_HANDLING=2 (fastallreduce/communicator.py): on a timeout or
+  // an NCCL error it aborts its NCCL communicator instead of ending the process, and the next
+  // call here raises CommTimeoutError (a timeout) or CommError (NCCL's errors).
   c10::intrusive_ptr<c10::ivalue::Future> result;
   try {
     result = work->getFutureResult();
@@ -79,12 +97,12 @@ void Communicator::watch_nccl(const c10::intrusive_ptr<c10d::Work>& work, const 
   }
   if (!result) return;
   result->addCallback([fault = nccl_fault_, what = h.describe(), rank = rank_](c10::ivalue::Future& f) {
-    // Only a WorkResult other than SUCCESS (0) is a fault; anything else is left to NCCL's errors.
-    if (f.hasError() || !f.value().isInt() || f.value().toInt() == 0) return;
+    // Only a WorkResult other than SUCCESS is a fault; anything else is left to NCCL's errors.
+    if (f.hasError() || !f.value().isInt()) return;
+    std::string record = nccl_fault_record(static_cast<int>(f.value().toInt()), rank, what);
+    if (record.empty()) return;
     std::lock_guard<std::mutex> lk(fault->mu);
-    if (fault->record.empty())
-      fault->record = "timeout|fastallreduce: rank " + std::to_string(rank) + ": " + what +
-                      " did not complete on NCCL within the timeout (torch's NCCL watchdog aborted the group)";
+    if (fault->record.empty()) fault->record = std::move(record);
   });
 }
 

@@ -25,16 +25,15 @@ const std::string kAbortKey = "abort";
 std::string to_str(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
 std::vector<uint8_t> to_bytes(const std::string& s) { return std::vector<uint8_t>(s.begin(), s.end()); }
 
-// The abort record in the store is "<kind>|<message>"; the kind picks the exception class.
-[[noreturn]] void throw_kind(const std::string& record) {
+}  // namespace
+
+void throw_fault_record(const std::string& record) {
   const auto bar = record.find('|');
   const std::string kind = record.substr(0, bar), msg = bar == std::string::npos ? record : record.substr(bar + 1);
   if (kind == "mismatch") throw MismatchError(msg);
   if (kind == "timeout") throw CommTimeoutError(msg);
   throw CommError(msg);
 }
-
-}  // namespace
 
 void Communicator::begin_op(const Header& h) {
   std::lock_guard<std::mutex> lk(wd_mu_);
@@ -124,7 +123,7 @@ void Communicator::watchdog_loop() {
 void Communicator::poll() {
   const int fired = fired_.load();
   if (fired == 1) fail_timeout();
-  if (fired == 4) throw_kind(fired_record_);  // published by execute(), as this rank's failure
+  if (fired == 4) throw_fault_record(fired_record_);  // published by execute(), as this rank's failure
   if (fired >= 2) {
     {
       std::lock_guard<std::mutex> lk(reason_mu_);
@@ -133,7 +132,7 @@ void Communicator::poll() {
     aborted_ = true;
     if (shm_) shm_->mark_aborted();
     const std::string report = fired == 2 ? missing_ranks_report() : "";
-    throw_kind(fired_record_ + report);
+    throw_fault_record(fired_record_ + report);
   }
   if (aborted_) throw ClosedError("fastallreduce: communicator was aborted: " + abort_reason());
   if (Clock::now() >= deadline_) fail_timeout();

@@ -54,4 +54,19 @@ c10::intrusive_ptr<c10d::Work> nccl_issue(c10d::Backend& pg, Kind kind, RedOp op
   throw std::logic_error(std::string("fastallreduce: no NCCL path for ") + kind_name(kind));
 }
 
+std::string nccl_fault_record(int work_result, int rank, const std::string& what) {
+  const std::string head = "fastallreduce: rank " + std::to_string(rank) + ": " + what;
+  switch (static_cast<c10d::WorkResult>(work_result)) {
+    case c10d::WorkResult::SUCCESS: return "";
+    case c10d::WorkResult::TIMEOUT:
+      return "timeout|" + head + " did not complete on NCCL within the timeout (torch's NCCL watchdog aborted the group)";
+    case c10d::WorkResult::COMM_ERROR:
+      return "fault|" + head + " failed on NCCL with a communication error (a peer's process or its link failed; "
+             "torch's NCCL watchdog aborted the group)";
+    default:
+      return "fault|" + head + " failed on NCCL (torch's NCCL watchdog reported result " +
+             std::to_string(work_result) + " and aborted the group)";
+  }
+}
+
 }  // namespace far

@@ -7,6 +7,8 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
+#include <string>
+
 #include "common/types.h"
 
 namespace far {
@@ -18,5 +20,10 @@ namespace far {
 // divided into a temporary, never in place. Tensors must be contiguous, on one CUDA device.
 c10::intrusive_ptr<c10d::Work> nccl_issue(c10d::Backend& pg, Kind kind, RedOp op, const at::Tensor& in,
                                           const at::Tensor& out, int root);
+
+// What a finished NCCL Work's result (c10d::WorkResult, as torch's NCCL watchdog reports it)
+// means: "" for success, "timeout|<message>" for a timeout, "fault|<message>" for NCCL's
+// communication errors (a peer lost, a remote error) and anything unknown. `what` names the op.
+std::string nccl_fault_record(int work_result, int rank, const std::string& what);
 
 }  // namespace far
