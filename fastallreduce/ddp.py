@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from .communicator import Communicator
+from ._C import ClosedError, CommError
 
 log = logging.getLogger("fastallreduce")
 
@@ -54,6 +55,7 @@ ZERO_COPY_FALLBACKS = {
     "device": "the bucket is not on the CPU (CUDA buckets run on NCCL)",
     "layout": "the bucket is not a dense contiguous tensor that owns its whole storage",
     "no_local_peers": "no other rank shares this host's memory, or the registration table is full",
+    "shm_full": "/dev/shm cannot hold the bucket's registration (a small or full /dev/shm)",
 }
 
 
@@ -253,8 +255,15 @@ def _move_to_registered(state: HookState, comm: Communicator, buf: torch.Tensor)
     elif (not buf.is_contiguous() or buf.storage_offset() != 0
           or buf.untyped_storage().nbytes() != buf.numel() * buf.element_size()):
         reason = "layout"  # the storage holds more than the bucket: moving it could move others' data
-    elif not comm.register(buf):
-        reason = "no_local_peers"
+    else:
+        try:
+            if not comm.register(buf):
+                reason = "no_local_peers"
+        except ClosedError:
+            raise
+        except CommError as e:  # this rank only: the engine copies unless every rank's input is registered
+            log.debug("fastallreduce: bucket of %d bytes stays on the copying path: %s", buf.nbytes, e)
+            reason = "shm_full"
     if reason is not None:
         refused.add(key)
         state._fallback(reason)

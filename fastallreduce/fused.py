@@ -13,8 +13,9 @@ optimizer's step pre/post hooks, per optimizer and global, work as for any optim
 This module deliberately does not use ``from __future__ import annotations``: DDP compares the
 hook's return annotation with ``torch.futures.Future[torch.Tensor]`` by identity.
 """
+import warnings
 import weakref
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.distributed as dist
@@ -35,10 +36,12 @@ class FusedSGDState(HookState):
     whose update is applied to each bucket's parameters as soon as that bucket's allreduce
     completes.
 
-    Made by :func:`register_fused_optimizer`; see there for the contract. A copy of the state
-    (``copy.deepcopy`` or ``torch.save`` of the DDP model) has no optimizer: the optimizer updates
-    the original's parameters, which a copy must never touch. The copy's hook then only averages,
-    as :func:`~fastallreduce.ddp.allreduce_hook` does.
+    Made by :func:`register_fused_optimizer`; see there for the contract. ``mode`` is
+    ``"probe"`` until the first ``step()``, then ``"fused"``, or ``"unfused"`` for good (with
+    ``unfused_reason``) when something between backward and ``step()`` needs every gradient
+    first. A copy of the state (``copy.deepcopy`` or ``torch.save`` of the DDP model) has no
+    optimizer: the optimizer updates the original's parameters, which a copy must never touch.
+    The copy's hook then only averages, as :func:`~fastallreduce.ddp.allreduce_hook` does.
     """
 
     def __init__(self, process_group: Optional[dist.ProcessGroup], optimizer: SGD, **options: Any) -> None:
@@ -49,14 +52,23 @@ class FusedSGDState(HookState):
             raise ValueError("fastallreduce: this optimizer's update is already fused into another DDP model's hook")
         super().__init__(process_group, **options)
         self.optimizer: Optional[SGD] = optimizer
+        self.mode = "probe"
+        self.unfused_reason: Optional[str] = None
         self._updated: Set[int] = set()  # ids of parameters updated by the hook since the last step()
-        self._probes: list = []  # (param, first gradient elements used) to detect later edits
+        self._graph_task = -1  # the backward pass the hook last ran in
+        self._backward_pending = False  # a backward ran the hook since the last step()
+        self._versions: Dict[int, Tuple[torch.Tensor, int]] = {}  # id(p) -> (p.grad, its version) after backward
         optimizer._fused_state = weakref.ref(self)  # weak: the optimizer must not keep the DDP state alive
 
     def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()
-        state.update(optimizer=None, _updated=set(), _probes=[])  # see the class docstring
+        state.update(optimizer=None, _updated=set(), _versions={}, _backward_pending=False, _graph_task=-1)
         return state
+
+    def _unfuse(self, reason: str) -> None:
+        self.mode, self.unfused_reason = "unfused", reason
+        warnings.warn(f"fastallreduce: the SGD update stays in optimizer.step(), not fused into the DDP hook: {reason}",
+                      stacklevel=3)
 
     def _group_index(self, p: torch.Tensor) -> int:
         assert self.optimizer is not None
@@ -80,25 +92,74 @@ class FusedSGDState(HookState):
                 optimizer._step_params(optimizer.param_groups[gi], ps, gs)
         with self._lock:
             self._updated.update(id(p) for ps, _ in groups.values() for p in ps)
-            for ps, gs in groups.values():
-                if gs[0].numel():  # a few elements to tell, at step(), whether p.grad was edited
-                    self._probes.append((ps[0], gs[0].reshape(-1)[:8].clone()))
 
-    def _begin_step(self) -> Set[int]:
+    def _backward_started(self) -> None:
+        """The hook's first bucket of a backward pass: a step() skipped since the previous one
+        means something decides per step whether to update (GradScaler skipping an overflowed
+        step) or gradients accumulate across synchronised backwards; either needs the unfused
+        update. Queues the recording of the gradients' versions for after DDP's own finalisation."""
+        if self._backward_pending:
+            if self.mode == "probe":
+                self._unfuse("optimizer.step() was skipped between two backward passes (gradients accumulated "
+                             "without no_sync(), or a step skipped on purpose)")
+            elif self.mode == "fused":
+                raise RuntimeError("fastallreduce: optimizer.step() was skipped after a backward pass whose update the "
+                                   "DDP hook had already applied (GradScaler skipping a step? accumulation without "
+                                   "no_sync()?); use the unfused update: register() and a plain optimizer.step()")
+        self._backward_pending = True
+        if self.mode == "unfused":
+            return
+        engine = torch.autograd.Variable._execution_engine
+        # DDP queues its finalisation (which copies the averaged buckets into .grad) after the
+        # hook's first call; a callback queued from a callback runs after it.
+        engine.queue_callback(lambda: engine.queue_callback(self._record_versions))
+
+    def _record_versions(self) -> None:
+        # Version counters are CPU integers bumped by every in-place change (clip_grad_norm_,
+        # GradScaler.unscale_): a check that zeros cannot fool and that never syncs a device.
+        assert self.optimizer is not None
+        self._versions = {id(p): (p.grad, p.grad._version) for g in self.optimizer.param_groups
+                          for p in g["params"] if p.grad is not None}
+
+    def _changed_grads(self, ids: Any) -> bool:
+        assert self.optimizer is not None
+        for g in self.optimizer.param_groups:
+            for p in g["params"]:
+                if p.grad is None or id(p) not in ids:
+                    continue
+                grad, version = self._versions.get(id(p), (None, -1))
+                if p.grad is not grad or p.grad._version != version:
+                    return True
+        return False
+
+    def _begin_step(self, amp: bool = False) -> Set[int]:
         """Called by ``optimizer.step()``: the ids of the parameters the hook updated since the
-        last step (the step leaves them alone: no double update). Refuses GradScaler and gradients
-        changed after the fused update had used them (clipping)."""
-        if getattr(self.optimizer, "found_inf", None) is not None:
-            raise RuntimeError("fastallreduce: GradScaler cannot be combined with the update fused into the DDP hook: "
-                               "it must see every gradient before any parameter is updated")
+        last step (the step leaves them alone: no double update). The first step runs unfused and
+        decides whether to fuse; a later change of gradients that the hook already used raises.
+        ``amp``: GradScaler.step called it (it decides per step whether to update)."""
         with self._lock:
-            probes, self._probes = self._probes, []
             done, self._updated = self._updated, set()
-        for p, before in probes:
-            if p.grad is not None and not torch.equal(p.grad.reshape(-1)[: before.numel()], before):
-                raise RuntimeError("fastallreduce: gradients changed after the fused update had used them "
-                                   "(gradient clipping? GradScaler.unscale_?); they need every gradient before any "
-                                   "update, so they cannot be combined with register_fused_optimizer")
+        pending, self._backward_pending = self._backward_pending, False
+        if amp and self.mode == "probe":
+            self._unfuse("a GradScaler drives optimizer.step(): it skips steps whose gradients overflowed and "
+                         "unscales the others, so the update needs every gradient first")
+        elif amp and self.mode == "fused":
+            raise RuntimeError("fastallreduce: a GradScaler stepped an optimizer whose update the DDP hook had already "
+                               "applied to scaled gradients; use the GradScaler from the first step on (the optimizer "
+                               "then stays unfused) or use register() and a plain optimizer.step()")
+        elif self.mode == "probe" and pending:
+            if self._changed_grads(self._versions.keys() | {id(p) for g in self.optimizer.param_groups
+                                                            for p in g["params"]}):
+                self._unfuse("gradients changed between backward and optimizer.step() (gradient clipping? "
+                             "GradScaler.unscale_?); the update needs them first")
+            else:
+                self.mode = "fused"
+        elif self.mode == "fused" and done and self._changed_grads(done):
+            raise RuntimeError("fastallreduce: gradients changed after the update fused into the DDP hook had used "
+                               "them (gradient clipping? GradScaler.unscale_?); the parameters were updated with the "
+                               "unchanged gradients. Change gradients from the first step on (the optimizer then "
+                               "stays unfused) or use register() and a plain optimizer.step()")
+        self._versions = {}
         return done
 
 
@@ -110,13 +171,16 @@ def fused_sgd_hook(state: FusedSGDState, bucket: dist.GradBucket) -> torch.futur
     torch gives a CUDA Future's callback, which waits for the allreduce. The Future holds the
     averaged gradients.
 
-    On a rank that has joined (Join's shadow passes, outside any backward), or with no optimizer
-    (a copy of the state), it only communicates.
+    On a rank that has joined (Join's shadow passes, outside any backward), with no optimizer
+    (a copy of the state), or while the state is not in ``"fused"`` mode, it only communicates.
     """
-    in_backward = torch._C._current_graph_task_id() != -1
-    fut = allreduce_hook(state, bucket)
+    task = torch._C._current_graph_task_id()
     optimizer = state.optimizer
-    if not in_backward or optimizer is None:
+    if task != -1 and optimizer is not None and task != state._graph_task:
+        state._graph_task = task
+        state._backward_started()
+    fut = allreduce_hook(state, bucket)
+    if task == -1 or optimizer is None or state.mode != "fused":
         return fut
     params = bucket.parameters()
 
@@ -141,8 +205,14 @@ def register_fused_optimizer(ddp_model: torch.nn.parallel.DistributedDataParalle
         and LR schedulers made before or after this call work;
       * ``no_sync()`` accumulation steps do not update (DDP runs no hook then);
       * a rank that has joined (Join) does not update;
-      * GradScaler, gradient clipping and sparse gradients need all gradients before any update
-        and raise a RuntimeError;
+      * the first ``step()`` runs unfused; if it shows that something needs every gradient before
+        any update (a step skipped between backwards, as GradScaler does on overflow; gradients
+        changed in place after backward, as ``clip_grad_norm_`` and ``GradScaler.unscale_`` do),
+        the update stays in ``step()`` for good (a warning says why), else later steps are fused;
+        a fused step whose gradients change after backward raises a RuntimeError naming it;
+      * ``find_unused_parameters=True``: which parameters no rank used is known only after
+        backward, so the update stays in ``step()`` (those parameters are left alone);
+      * sparse gradients raise a RuntimeError;
       * one optimizer is fused into one DDP model (a second registration raises ValueError);
       * a copy of ``ddp_model`` (deepcopy, torch.save) keeps the hook but not the optimizer: it
         averages only, so train it with an optimizer of its own, or fuse one with
@@ -152,5 +222,8 @@ def register_fused_optimizer(ddp_model: torch.nn.parallel.DistributedDataParalle
     :func:`fastallreduce.ddp.register`. Collective: call it on every rank.
     """
     state = FusedSGDState(ddp_model.process_group, optimizer, **options)
+    if getattr(ddp_model, "find_unused_parameters", False):
+        state._unfuse("find_unused_parameters=True: the parameters no rank used are known only after backward, "
+                      "and torch.optim.SGD leaves them alone")
     _install(ddp_model, state, fused_sgd_hook, buffers)
     return state

@@ -15,9 +15,29 @@ goes when the tensor and the communicator are both gone.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence, Union
+import logging
+import warnings
+from typing import Dict, Optional, Sequence, Union
 
 import torch
+
+log = logging.getLogger("fastallreduce")
+_warned: set = set()
+
+
+def _foreign_memory(tensor: torch.Tensor) -> Optional[str]:
+    """Why ``tensor``'s storage belongs to another owner, or None. Storages torch allocates itself
+    are resizable and private; NumPy and DLPack imports, ``torch.frombuffer`` and mmapped files are
+    not resizable, ``share_memory_()`` storages are shared: moving any of them would detach the
+    tensor from the memory its owner keeps using."""
+    if tensor.device.type != "cpu" or tensor.layout != torch.strided:
+        return None
+    storage = tensor.untyped_storage()
+    if storage.is_shared():
+        return "its storage is shared memory (share_memory_() or a shared mmap)"
+    if not storage.resizable():
+        return "its storage is memory torch does not own (NumPy, DLPack, frombuffer or an mmapped file)"
+    return None
 
 
 class RegisteredBuffers:
@@ -45,11 +65,23 @@ class RegisteredBuffers:
 
         Every tensor and view sharing that storage follows (``tensor.data_ptr()`` changes). Not
         a collective. Returns False, changing nothing, where it cannot (not a CPU tensor, an
-        empty storage, no local peers, a full table) and for a storage already registered.
+        empty storage, no local peers, a full table), for a storage already registered, and for
+        memory torch does not own (NumPy, DLPack, ``share_memory_()``, mmapped files: moving it
+        would detach the tensor from its owner; a warning, once, and the debug log say why).
         No other thread may use the storage while this runs.
         """
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"fastallreduce: register() takes a tensor, got {type(tensor).__name__}")
+        if self.is_registered(tensor):
+            return False
+        why = _foreign_memory(tensor)
+        if why is not None:
+            msg = f"fastallreduce: register() refuses a tensor whose memory torch does not own: {why}"
+            log.debug(msg)
+            if why not in _warned:  # once per reason and process
+                _warned.add(why)
+                warnings.warn(msg, stacklevel=2)
+            return False
         return bool(self._c.register_storage(tensor))  # type: ignore[attr-defined]
 
     def is_registered(self, tensor: torch.Tensor) -> bool:

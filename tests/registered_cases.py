@@ -201,3 +201,74 @@ def killed_while_registering():
     del c, t
     gc.collect()
     return dict(error=err, segments=segments, maps=_our_maps())
+
+
+def train_small_shm(limited_rank=None, steps: int = 4):
+    """DDP with the averaging hook; ``limited_rank`` gets a 1 KiB file-size limit after the
+    Communicator exists, so /dev/shm cannot hold its buckets' registrations (4 KiB each). Returns
+    the parameters, the hook's fallbacks and the communicator's zero-copy call count."""
+    import resource
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import ddp_cases as dc
+
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = dc.Net()
+    ddp = DDP(model, bucket_cap_mb=0.002)
+    state = far.ddp.register(ddp)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if rank == limited_rank:  # Python ignores SIGXFSZ: an oversized allocation fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, limit[1]))
+    g = torch.Generator().manual_seed(100 + rank)
+    try:
+        for _ in range(steps):
+            opt.zero_grad()
+            (ddp(torch.randn(8, 16, generator=g)) ** 2).mean().backward()
+            opt.step()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    return ([p.detach().clone() for p in model.parameters()], dict(state.zero_copy_fallbacks),
+            state.comm.stats()["zero_copy_calls"])
+
+
+def register_foreign(kind: str):
+    """``comm.register`` on a tensor whose memory torch does not own; returns whether it was
+    registered, whether the owner still sees the tensor's writes, and the warnings."""
+    import tempfile
+    import warnings
+
+    import numpy as np
+
+    far.registered._warned.clear()  # the rank process is reused across cases: warn once per case
+    comm = far.Communicator()
+    if kind == "numpy":
+        owner = np.zeros(1024, dtype=np.float32)
+        t = torch.from_numpy(owner)
+    elif kind == "dlpack":
+        owner = np.zeros(1024, dtype=np.float32)
+        t = torch.from_dlpack(owner)
+    elif kind == "shared":
+        t = owner = torch.zeros(1024).share_memory_()
+    else:  # an mmapped file
+        path = tempfile.mktemp(prefix="far_foreign_")
+        with open(path, "wb") as f:
+            f.write(b"\0" * 4096)
+        t = torch.from_file(path, shared=True, size=1024)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = comm.register(t)
+        again = comm.register(t)
+    t.fill_(1.0)
+    if kind in ("numpy", "dlpack"):
+        seen = bool((torch.from_numpy(owner) == 1).all())
+    elif kind == "shared":
+        seen = bool((owner == 1).all())
+    else:
+        seen = bool((torch.from_file(path, shared=True, size=1024) == 1).all())
+        os.unlink(path)
+    owned = comm.register(torch.zeros(1024))  # torch's own memory still registers
+    comm.close()
+    return ok, again, seen, owned, [str(w.message) for w in caught]

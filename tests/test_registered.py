@@ -1,6 +1,7 @@
 """Registered buffers: zero-copy allreduce gives the copying path's bits, a mixed call copies on
 every rank, and registered memory is released on close, abort and a killed rank."""
 import pytest
+import torch
 
 import registered_cases as rc
 from fastallreduce.launch import RankPool
@@ -114,3 +115,23 @@ def test_killed_between_creating_and_unlinking_a_registration():
         assert out["error"] and "rank 1" in out["error"], (r, out)
         assert out["segments"] == [], (r, out)
         assert out["maps"] == [], (r, out)
+
+
+def test_small_shm_keeps_the_bucket_on_the_copying_path_on_every_rank(pool):
+    # Rank 0's /dev/shm cannot hold a registration: both ranks copy, with the zero-copy path's bits.
+    p = pool(2)
+    ref = p.run(rc.train_small_shm, None, timeout=180)
+    got = p.run(rc.train_small_shm, 0, timeout=180)
+    for r in range(2):
+        assert ref[r][2] > 0 and got[r][2] == 0, (ref[r][2], got[r][2])
+        assert all(torch.equal(a, b) for a, b in zip(ref[r][0], got[r][0]))
+    assert got[0][1].get("shm_full", 0) > 0 and "shm_full" not in got[1][1]
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dlpack", "shared", "mmap"])
+def test_register_refuses_memory_torch_does_not_own(pool, kind):
+    for ok, again, seen, owned, msgs in pool(2).run(rc.register_foreign, kind, timeout=120):
+        assert not ok and not again, "a foreign storage was moved"
+        assert seen, "the owner no longer sees the tensor's writes"
+        assert owned
+        assert len([m for m in msgs if "does not own" in m]) == 1, msgs  # warned once

@@ -96,10 +96,16 @@ class SGD(Optimizer):
     step, as after ``scheduler.step()``), and a loaded v becomes u = v * lr at the next step.
     (Live state keeps the lr a buffer holds under the key ``momentum_buffer_lr``; it is never
     saved.)
+    With ``torch.amp.GradScaler`` it takes part in the scaler's protocol (``_step_supports_amp_scaling``):
+    ``GradScaler.step`` always calls ``step()``, which skips the whole update when any gradient is
+    inf/NaN and otherwise unscales them exactly as ``GradScaler.unscale_`` does (the parameters are
+    bit for bit those of ``torch.optim.SGD``; unlike there, step hooks run on a skipped step).
     Sparse gradients raise RuntimeError. Tensors the kernels cannot take (complex dtypes,
     unusual strides, devices other than CPU and, when built with CUDA, CUDA) are updated with
     the same torch operations as ``torch.optim.SGD(foreach=False)``.
     """
+
+    _step_supports_amp_scaling = True  # GradScaler.step calls step() with found_inf / grad_scale set
 
     def __init__(
         self,
@@ -184,15 +190,36 @@ class SGD(Optimizer):
         With the update fused into a DDP hook (:func:`fastallreduce.ddp.register_fused_optimizer`)
         it skips the parameters the hook already updated since the last step.
         """
+        # Set by GradScaler.step for the duration of this call (the _step_supports_amp_scaling protocol).
+        found_inf: Tensor | None = getattr(self, "found_inf", None)
         fused = self._fused_state() if self._fused_state is not None else None
-        done = fused._begin_step() if fused is not None else ()
+        done = fused._begin_step(amp=found_inf is not None) if fused is not None else ()
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if found_inf is not None:
+            if float(found_inf.sum()) != 0:  # an inf/NaN gradient: the whole step is skipped, as torch does
+                return loss
+            scale = getattr(self, "grad_scale", None)  # None: GradScaler.unscale_ already ran
+            if scale is not None:
+                self._unscale(scale)
         for group in self.param_groups:
             self._step_group(group, done)
         return loss
+
+    def _unscale(self, scale: Tensor) -> None:
+        """Divides the gradients by GradScaler's scale with GradScaler's own operation and
+        reciprocal, so that the result is bit for bit that of ``GradScaler.unscale_``."""
+        by_key: dict[tuple, list[Tensor]] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    by_key.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        inv = scale.double().reciprocal().float()
+        for (device, _), grads in by_key.items():
+            dummy = torch.zeros((), dtype=torch.float32, device=device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, dummy, inv.to(device))
 
     def _step_group(self, group: dict[str, Any], skip: Collection[int] = ()) -> None:
         # Per parameter only list building stays in Python: eligibility checks run in C++.
