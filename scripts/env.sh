@@ -6,6 +6,7 @@
 #                                       environment; any torch from 2.11), tools added if missing
 #   FASTALLREDUCE_VENV=.venv-oldest     another venv directory (default .venv)
 #   PYTHON=python3.12                   the interpreter (default python3)
+#   FASTALLREDUCE_DEPS_ONLY=1           stop after the dependencies (no build)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -46,6 +47,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   python -m pip install -q $pip_args
   echo "$want" > "$stamp"
   echo "[env] dependencies installed in $(( $(date +%s) - t0 )) s"
+fi
+if [ "${FASTALLREDUCE_DEPS_ONLY:-0}" = 1 ]; then
+  return 0 2>/dev/null || exit 0
 fi
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDA_HOME=/usr/local/cuda   # torch would guess /usr/local from the nvcc wrapper

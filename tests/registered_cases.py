@@ -272,3 +272,29 @@ def register_foreign(kind: str):
     owned = comm.register(torch.zeros(1024))  # torch's own memory still registers
     comm.close()
     return ok, again, seen, owned, [str(w.message) for w in caught]
+
+
+def construct_with_small_shm(limited_rank: int):
+    """A new Communicator while ``limited_rank``'s file-size limit (1 MiB) is below what the
+    copying path's segment needs. Returns (error type name, message, seconds, segments and
+    mappings this construction left)."""
+    import resource
+    import time
+
+    pids = _group_pids()
+    before = set(_our_segments(pids) + _our_maps())  # an earlier case's, still alive in this process
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if dist.get_rank() == limited_rank:  # Python ignores SIGXFSZ: the allocation fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, limit[1]))
+    t0 = time.monotonic()
+    try:
+        c = far.Communicator()
+        c.close()
+        err, msg = None, ""
+    except Exception as e:  # noqa: BLE001  (what every rank raises is the result)
+        err, msg = type(e).__name__, str(e)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    seconds = time.monotonic() - t0
+    dist.barrier()
+    return err, msg, seconds, sorted(set(_our_segments(pids) + _our_maps()) - before)

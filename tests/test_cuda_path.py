@@ -113,17 +113,22 @@ def test_nccl_group_creation_races_nccl_made_without_deadlock():
 
 def test_gpu_check_runs_on_a_checkout_without_the_extension(tmp_path):
     # Issue 25 (a): `python3 -m fastallreduce.gpu_check` must start before _C is built (it builds
-    # it); the package imports without it and says how to build when a name needs it.
+    # it); the package imports without it and says how to build when a name needs it. The copy
+    # has no _C, and the venv's editable-install finder (which maps the package to this
+    # checkout) is taken out so that the copy is what imports.
     shutil.copytree(os.path.join(ROOT, "fastallreduce"), tmp_path / "fastallreduce",
                     ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    p = subprocess.run([sys.executable, "-m", "fastallreduce.gpu_check", "--dry-run"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    bare = ("import sys, runpy; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
+            "sys.path.insert(0, {!r}); ").format(str(tmp_path))
+    run = lambda code: subprocess.run([sys.executable, "-c", bare + code], cwd=tmp_path, capture_output=True,  # noqa: E731
+                                      text=True, timeout=TIMEOUT)
+    p = run("sys.argv = ['gpu_check', '--dry-run']; runpy.run_module('fastallreduce.gpu_check', run_name='__main__')")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "build" in p.stdout and "--dry-run" in p.stdout
-    p = subprocess.run([sys.executable, "-c", "import fastallreduce as f; f.Communicator"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    assert p.returncode != 0 and "ImportError" in p.stderr and "pip install --no-build-isolation -e ." in p.stderr
+    p = run("import fastallreduce as f; assert f.__file__.startswith({!r}), f.__file__; f.Communicator".format(
+        str(tmp_path)))
+    assert p.returncode != 0 and "ImportError" in p.stderr and "pip install --no-build-isolation -e ." in p.stderr, \
+        p.stderr
 
 
 def test_numpy_arrays(pool):

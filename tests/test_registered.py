@@ -135,3 +135,14 @@ def test_register_refuses_memory_torch_does_not_own(pool, kind):
         assert seen, "the owner no longer sees the tensor's writes"
         assert owned
         assert len([m for m in msgs if "does not own" in m]) == 1, msgs  # warned once
+
+
+def test_small_shm_fails_every_ranks_constructor_naming_the_size(pool):
+    # Issue 29 item 3: where /dev/shm cannot hold even the copying path's segment, every rank's
+    # constructor raises promptly (before: the limited rank raised, its peer waited for its name
+    # until the timeout), and the message names the bytes needed.
+    for err, msg, seconds, segments in pool(2).run(rc.construct_with_small_shm, 1, timeout=120):
+        assert err == "CommError", (err, msg)
+        assert "bytes of /dev/shm per rank" in msg and "--shm-size" in msg, msg
+        assert seconds < 20, seconds
+        assert segments == [], segments

@@ -60,23 +60,41 @@ ShmGroup::ShmGroup(int local_rank, ShmPeers peers, c10::intrusive_ptr<c10d::Stor
   spin_ = static_cast<unsigned>(n) <= cores;
   base_.assign(n, nullptr);
   remove_stale_segments();
-  own_ = std::make_unique<OwnSegment>(tag, me_, seg_bytes_);
+  // Keys are per host (named after the host's first rank): every host builds its own group.
+  const std::string pre = "shm/" + std::to_string(peers_.group_ranks[0]) + "/";
+  auto publish_name = [&](const std::string& value) {
+    store->set(pre + "name/" + std::to_string(me_), std::vector<uint8_t>(value.begin(), value.end()));
+  };
+  try {
+    own_ = std::make_unique<OwnSegment>(tag, me_, seg_bytes_);
+  } catch (const std::exception& e) {
+    // A /dev/shm too small for the copying path: the local peers, waiting for this rank's segment
+    // name, get the reason instead ("!" marks it) and raise at once, as this rank does.
+    const std::string why = std::string(e.what()) + "; the copying path needs " + std::to_string(seg_bytes_) +
+                            " bytes of /dev/shm per rank (" + std::to_string(n) + " ranks on this host: " +
+                            std::to_string(seg_bytes_ * n) +
+                            " bytes; a container's default /dev/shm is 64 MB: docker run --shm-size, or a smaller "
+                            "FASTALLREDUCE_SHM_SLOT_BYTES)";
+    publish_name("!" + why);
+    throw CommError(why);
+  }
   base_[me_] = own_->data();
   try {
     failpoint("shm_created");
     auto* c = new (own_->data()) ShmControl();
     c->pid = getpid();
     c->magic = kMagic;
-    // Keys are per host (named after the host's first rank): every host builds its own group.
-    const std::string pre = "shm/" + std::to_string(peers_.group_ranks[0]) + "/";
-    const std::string& mine = own_->name();
-    store->set(pre + "name/" + std::to_string(me_), std::vector<uint8_t>(mine.begin(), mine.end()));
+    publish_name(own_->name());
     for (int r = 0; r < n; ++r) {
       if (r == me_) continue;
       const std::string key = pre + "name/" + std::to_string(r);
       store->wait({key}, timeout);
       auto v = store->get(key);
       std::string name(v.begin(), v.end());
+      if (!name.empty() && name[0] == '!')
+        throw CommError("fastallreduce: local rank " + std::to_string(r) + " (rank " +
+                        std::to_string(peers_.group_ranks[r]) + ") could not create its shared memory: " +
+                        name.substr(1));
       base_[r] = static_cast<char*>(map_peer_segment(name, seg_bytes_, r));
       if (ctrl(r).magic != kMagic) throw CommError("fastallreduce: segment " + name + " is not initialised");
     }
