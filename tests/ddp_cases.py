@@ -287,12 +287,14 @@ def compressed_average(compression: str, algorithm: str, n: int = 4096):
 
 
 def cast_order_against_torch(n: int = 64):
-    """Rank 0's gradient (70000) is beyond float16's range, the average of the ranks' is not. Ours
-    divides before the cast; torch's fp16_compress_hook casts first. Returns (ours, torch's)."""
+    """Rank 0's gradient (70016) is beyond float16's range, the average of the ranks' (30000) is
+    not; every share and sum is exact in float16. Ours divides before the cast; torch's
+    fp16_compress_hook casts first. Returns (ours, torch's)."""
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import fp16_compress_hook
 
     rank = dist.get_rank()
-    grad = torch.full((n,), 70000.0 if rank == 0 else -10000.0 * (dist.get_world_size() - 1))
+    assert dist.get_world_size() == 2
+    grad = torch.full((n,), 70016.0 if rank == 0 else -10016.0)
     state = far.ddp.HookState(compression="fp16")
     ours = far.ddp.allreduce_hook(state, _Bucket(grad.clone())).wait().clone()
     state.comm.close()
