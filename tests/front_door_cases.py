@@ -207,3 +207,26 @@ def avg16_no_overflow(algorithm, hosts=None):
                     c.last_algorithm))
     c.close()
     return out
+
+
+def self_overlapping_output(kind):
+    """Rank 0's written tensor has elements that share memory (expand()), the other ranks' not:
+    rank 0 raises ValueError before anything moves and every other rank a MismatchError naming
+    it, promptly (the timeout is 30 s); nobody returns a result."""
+    c = far.Communicator(timeout=timedelta(seconds=30))
+    bad, k = dist.get_rank() == 0, dist.get_world_size()
+
+    def written(n):
+        return torch.zeros(1).expand(n) if bad else torch.zeros(n)
+
+    def call():
+        if kind == "allreduce_out":
+            c.allreduce(torch.ones(4), out=written(4))
+        elif kind == "allreduce_in_place":
+            c.allreduce(written(4))
+        else:
+            c.all_gather(written(4 * k), torch.ones(4))
+
+    res = outcome(call)
+    c.close()
+    return res

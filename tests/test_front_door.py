@@ -269,3 +269,13 @@ def test_avg16_no_overflow(pool, world, algorithm, hosts):
         for dtype, finite, err, used in rank:
             assert finite and err <= 40000.0 * 2 ** -7, (dtype, err, used)
             assert used == algorithm, used
+
+
+@pytest.mark.parametrize("kind", ["allreduce_out", "allreduce_in_place", "all_gather_out"])
+def test_self_overlapping_output_rejected_on_every_rank(pool, kind):
+    # On the old code rank 1 returned a result and rank 0 raised torch's internal-overlap error
+    # from the copy back, after the data had moved.
+    r0, r1 = pool(2).run(fd.self_overlapping_output, kind, timeout=TIMEOUT)
+    assert r0[0] == "ValueError" and "share memory" in r0[1] and r0[2] < 5, r0
+    assert r1[0] == "MismatchError" and "rank 0" in r1[1] and "share memory" in r1[1], r1
+    assert r1[2] < 10, r1

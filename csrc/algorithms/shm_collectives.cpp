@@ -29,6 +29,10 @@ void shm_gather_family(ShmContext& ctx, const FamilyJob& job, const ShmOptions& 
   const size_t chunk = std::max<size_t>(1, shm_chunk_bytes(g, o, job.count * es * pieces) / (es * pieces));
   const size_t nchunks = std::max<size_t>(1, (job.count + chunk - 1) / chunk);
   std::vector<const void*> srcs(L);
+  // In place (the output is my slice of the input): my own piece is reduced from a copy in my
+  // slot, so that the kernel never reads the very elements it writes.
+  const bool rs_in_place =
+      job.kind == Kind::kReduceScatter && job.out == job.in + static_cast<size_t>(g.group_rank(me)) * job.count * es;
 
   for (size_t c = 0; c < nchunks; ++c) {
     const size_t off = c * chunk, n = std::min(chunk, job.count - std::min(job.count, off));
@@ -41,7 +45,8 @@ void shm_gather_family(ShmContext& ctx, const FamilyJob& job, const ShmOptions& 
       } else if (job.kind == Kind::kReduceScatter) {
         // Piece r of my slot: my input's chunk of local rank r's slice (my own I reduce from the input).
         for (int r = 0; r < L; ++r)
-          if (r != me) std::memcpy(mine + r * n * es, job.in + (g.group_rank(r) * job.count + off) * es, n * es);
+          if (r != me || rs_in_place)
+            std::memcpy(mine + r * n * es, job.in + (g.group_rank(r) * job.count + off) * es, n * es);
       }
     }
     publish_filled(ctx, ch);
@@ -53,7 +58,7 @@ void shm_gather_family(ShmContext& ctx, const FamilyJob& job, const ShmOptions& 
           break;
         case Kind::kReduceScatter:
           for (int r = 0; r < L; ++r) srcs[r] = g.slot(r, s) + me * n * es;
-          srcs[me] = job.in + (g.group_rank(me) * job.count + off) * es;
+          if (!rs_in_place) srcs[me] = job.in + (g.group_rank(me) * job.count + off) * es;
           reduce_many(job.out + off * es, srcs.data(), L, n, job.dtype, job.op, job.divisor, o.threads);
           break;
         case Kind::kBroadcast:

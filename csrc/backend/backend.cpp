@@ -100,6 +100,17 @@ int64_t total_numel(const std::vector<at::Tensor>& ts) {
   return std::accumulate(ts.begin(), ts.end(), int64_t(0), [](int64_t a, const at::Tensor& t) { return a + t.numel(); });
 }
 
+// torch gives every incarnation of a group the same store prefix: a group destroyed and made
+// again on the same store (an in-process restart) would read the previous one's keys (segment
+// names, Gloo addresses, attach counts, abort records). Each incarnation gets its own namespace:
+// every rank counts itself in, and all `size` ranks of one incarnation count in before any rank
+// can finish making it (the engine's constructor waits for all of them), so (count - 1) / size
+// is the same number on every rank.
+c10::intrusive_ptr<c10d::Store> incarnation_store(const c10::intrusive_ptr<c10d::Store>& store, int size) {
+  const int64_t generation = (store->add("fastallreduce/incarnations", 1) - 1) / size;
+  return c10::make_intrusive<c10d::PrefixStore>("fastallreduce/" + std::to_string(generation) + "/", store);
+}
+
 at::ScalarType dtype_of(const std::vector<at::Tensor>& ts) { return ts.empty() ? at::kByte : ts[0].scalar_type(); }
 c10::DeviceType device_of(const std::vector<at::Tensor>& ts) { return ts.empty() ? c10::kCPU : ts[0].device().type(); }
 
@@ -116,17 +127,17 @@ FastAllreduceBackend::FastAllreduceBackend(const c10::intrusive_ptr<c10d::Store>
   o.make_backend = make_backend;
   o.make_nccl = std::move(make_nccl);
   o.config.local_error = local_error;
+  c10::intrusive_ptr<c10d::Store> mine;
   try {
+    mine = incarnation_store(store, size);
     engine_ = std::shared_ptr<Communicator>(
-        new Communicator(c10::make_intrusive<c10d::PrefixStore>("fastallreduce/engine/", store), rank, size,
-                         std::move(o)),
+        new Communicator(c10::make_intrusive<c10d::PrefixStore>("engine/", mine), rank, size, std::move(o)),
         &Communicator::dispose);
   } catch (...) {
     rethrow_as_dist_error();
   }
   // The engine's Gloo backend carries only its own traffic; this one runs the delegated calls.
-  gloo_ = make_backend(c10::make_intrusive<c10d::PrefixStore>("fastallreduce/delegate/", store), rank, size,
-                            timeout);
+  gloo_ = make_backend(c10::make_intrusive<c10d::PrefixStore>("delegate/", mine), rank, size, timeout);
 }
 
 FastAllreduceBackend::~FastAllreduceBackend() {

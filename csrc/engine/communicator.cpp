@@ -316,11 +316,11 @@ void Communicator::drain(const FuturePtr& until) {
 }
 
 void Communicator::worker_loop(std::shared_ptr<Queue> q) {
-  // Async ops (DDP buckets) run while the caller computes. When compute keeps every core busy,
-  // as CPU training does, a normal-priority worker preempts a compute thread for each chunk
-  // hand-off and slows backprop by more than the reduction itself costs. Under SCHED_IDLE it
-  // runs on cores the compute leaves idle, at the latest when the caller waits for the result;
-  // sync calls run on the caller's thread at its priority. Failing to switch only loses this.
+  // Async ops (DDP buckets) run here while the caller computes, and the caller's wait() depends
+  // on this thread, so it runs at normal priority: under SCHED_IDLE any other busy process (a
+  // DataLoader worker) starves it completely, and a 16 MB async allreduce took 9-45 s instead
+  // of 0.2 s beside one busy loop per core. FASTALLREDUCE_WORKER_IDLE=1 still asks for
+  // SCHED_IDLE, for a machine with nothing else to run. Failing to switch only loses that.
   pthread_setname_np(pthread_self(), "far-worker");
   if (cfg_.worker_idle) {
     sched_param sp{};

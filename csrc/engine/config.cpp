@@ -73,7 +73,7 @@ std::string serialize(const CommConfig& c) {
 CommConfig deserialize(const std::string& s) {
   std::istringstream is(s);
   CommConfig c;
-  int idle = 1;
+  int idle = 0;
   is >> c.timeout_ms >> c.algo.chunk_bytes >> c.algo.window >> c.cost.alpha_us >> c.cost.beta_gbps >>
       c.shm_slot_bytes >> c.shm.oneshot_bytes >> c.shm.chunk_bytes >> idle >> c.cost.shm_stage_us >> c.cost.shm_gbps >>
       c.hier_slot_bytes;
@@ -98,7 +98,7 @@ CommConfig config_from_env(const ConfigOverrides& o) {
   c.hier_slot_bytes = static_cast<size_t>(env_knob(kHierSlot, double(c.hier_slot_bytes)));
   c.shm.oneshot_bytes = static_cast<size_t>(env_knob(kOneshot, double(c.shm.oneshot_bytes)));
   c.shm.chunk_bytes = static_cast<size_t>(env_knob(kShmChunk, double(c.shm.chunk_bytes)));
-  c.worker_idle = env_knob(kIdle, 1) != 0;
+  c.worker_idle = env_knob(kIdle, 0) != 0;
   // Slots are rounded up to pages; a one-shot message must fit one slot, with two ranks twice
   // the threshold (shm_allreduce), so the threshold is at most half a slot.
   const size_t slot = (c.shm_slot_bytes + 4095) & ~size_t(4095);

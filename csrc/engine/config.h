@@ -24,9 +24,9 @@ struct CommConfig {
   // memory and each slot is one chunk (one cross-host allreduce): 64 MiB on 2 x 2 namespaced hosts
   // ran in 157-187 ms with 16 MiB slots against 256 ms with 4 MiB and 438 ms with 1 MiB.
   size_t hier_slot_bytes = 16 << 20;
-  // Run the async worker under SCHED_IDLE: it takes only CPU time the process's compute threads
-  // leave (see Communicator::worker_loop).
-  bool worker_idle = true;
+  // Opt-in: run the async worker under SCHED_IDLE (see Communicator::worker_loop for why it is
+  // off by default).
+  bool worker_idle = false;
 };
 
 // Values the constructor's caller sets explicitly (they win over the environment).

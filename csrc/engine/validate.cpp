@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 
+#include <ATen/MemoryOverlap.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include "common/aten.h"
@@ -58,6 +59,16 @@ bool overlap(const at::Tensor& a, const at::Tensor& b) {
 // A tensor the kernels take as it is: dense, contiguous, without lazy conj/neg bits.
 bool plain(const at::Tensor& t) { return t.is_contiguous() && !t.is_conj() && !t.is_neg(); }
 
+// `part` is exactly rank `rank`'s slice of `whole` (of `n` equal slices): the in-place forms of
+// allgather (input = the rank's slice of the output) and reduce_scatter (output = the rank's
+// slice of the input) that torch's collectives accept and FSDP2 issues. The paths read and
+// write that slice only where the in-place result is still right (shm_collectives.cpp).
+bool own_slice(const at::Tensor& part, const at::Tensor& whole, int64_t rank, int64_t n) {
+  if (!plain(part) || !plain(whole) || part.numel() == 0 || whole.numel() != n * part.numel()) return false;
+  const char* start = static_cast<const char*>(whole.data_ptr()) + rank * part.numel() * part.element_size();
+  return part.data_ptr() == start;
+}
+
 at::Tensor staged_input(const at::Tensor& t) {
   if (plain(t)) return t;
   return t.detach().resolve_conj().resolve_neg().contiguous();
@@ -85,9 +96,19 @@ Call Communicator::prepare(const Collective& c) const {
                         c.input.device().str());
     if (c.output.scalar_type() != c.input.scalar_type())
       throw type_error("fastallreduce: output has dtype " + str(c.output) + ", input has " + str(c.input));
-    if (overlap(c.input, c.output))
-      throw value_error(std::string("fastallreduce: ") + kind_name(k) + " input and output overlap");
+    const bool in_place_slice = (k == Kind::kAllgather && own_slice(c.input, c.output, rank_, size_)) ||
+                                (k == Kind::kReduceScatter && own_slice(c.output, c.input, rank_, size_));
+    if (!in_place_slice && overlap(c.input, c.output))
+      throw value_error(std::string("fastallreduce: ") + kind_name(k) +
+                        " input and output overlap (other than the output's own slice in place)");
   }
+  // A written tensor with elements that share memory (expand(), as_strided) cannot hold the
+  // result: rejected here, before anything moves, instead of failing in the copy back after.
+  const at::Tensor& written = in_place ? c.input : c.output;
+  if (at::has_internal_overlap(written) == at::MemOverlap::Yes)
+    throw value_error(std::string("fastallreduce: the ") + kind_name(k) + (in_place ? " tensor" : " output") +
+                      " has elements that share memory (e.g. from expand()); pass one with distinct elements "
+                      "(.contiguous() or .clone())");
   // CUDA tensors always run on NCCL: `algorithm` names a CPU path.
   const bool cuda = c.input.device().is_cuda();
   const int64_t n = size_, in_n = c.input.numel(), out_n = in_place ? in_n : c.output.numel();

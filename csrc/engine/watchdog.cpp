@@ -199,7 +199,9 @@ std::string Communicator::find_missing_ranks() {
       if (missing.empty() || Clock::now() >= until) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    if (missing.empty()) return " [every rank reached this collective]";
+    // Every rank is in the call: one that a phase above still waited for was late (starved of
+    // CPU, or stuck inside it), not absent.
+    if (missing.empty()) return " [every rank reached this collective; none is missing, a late one was slow or stuck in it]";
     return ranks_report("ranks that did not reach " + std::string(kind_name(static_cast<Kind>(cur_.kind))) + " #" +
                         seq, missing);
   } catch (const StoreLost&) {

@@ -183,7 +183,7 @@ void ShmGroup::wait_one(int r, ShmCounter ShmControl::*which, uint32_t target, c
     if (now >= deadline) {
       std::ostringstream os;
       os << "fastallreduce: rank " << peers_.group_ranks[me_] << " timed out in " << h.describe()
-         << " [shared-memory " << phase << "]; ranks that did not arrive: [";
+         << " [shared-memory " << phase << "]; ranks not through this phase at the deadline: [";
       for (size_t i = 0; i < behind.size(); ++i) os << (i ? ", " : "") << peers_.group_ranks[behind[i]];
       os << "]";
       throw CommTimeoutError(os.str());
