@@ -215,3 +215,15 @@ def subgroup_then_world():
     b.allreduce(y)
     b.close()
     return float(y[0])
+
+
+def default_timeouts():
+    """Communicator() takes its group's timeout: the default group's (the pool made it with 120 s)
+    and a subgroup's own."""
+    sub = dist.new_group(list(range(dist.get_world_size())), timeout=timedelta(seconds=7))
+    out = []
+    for g in (None, sub):
+        c = far.Communicator(g)
+        out.append(c.timeout.total_seconds())
+        c.close()
+    return out

@@ -80,6 +80,11 @@ def test_kill_9_in_the_middle(algorithm):
     assert _shm_segments() == before
 
 
+def test_default_timeout_is_the_groups(pool):
+    """Communicator() without timeout= is bounded by its group's timeout, not torch's 30 min default."""
+    assert pool(2).run(fc.default_timeouts) == [[120.0, 7.0]] * 2
+
+
 @pytest.mark.parametrize("world,hosts", [(2, None), (4, ["a", "a", "b", "b"])])
 def test_nan_and_inf(pool, world, hosts):
     """NaN wins in max/min (as torch.maximum); on two simulated hosts the cross-host stage is a
