@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import threading
+import warnings
 import weakref
 from datetime import timedelta
 from typing import Any, Literal, Optional, Union, overload
@@ -53,6 +54,22 @@ def host_identity() -> str:
     """This host's identity as the engine sees it: hostname, kernel boot id, pid namespace and
     the device of /dev/shm (processes that share all four can share memory)."""
     return _C.host_identity()
+
+
+def _group_timeout(group: dist.ProcessGroup) -> timedelta:
+    """The timeout ``group`` was made with (init_process_group's or new_group's ``timeout=``).
+
+    torch keeps it in the group's backends' options (a ProcessGroup has no ``options`` of its own
+    since torch 2.x): a communicator on its defaults is bounded by what the user gave torch, never
+    silently by the 30 min fallback.
+    """
+    for device in ("cpu", "cuda"):
+        try:
+            return group._get_backend(torch.device(device)).options._timeout  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - no backend for this device in the group: try the next
+            continue
+    warnings.warn(f"fastallreduce: cannot read the group's timeout; using {_DEFAULT_TIMEOUT}", stacklevel=3)
+    return _DEFAULT_TIMEOUT
 
 
 def _gloo(store: dist.Store, rank: int, size: int, timeout_ms: int) -> dist.ProcessGroupGloo:
@@ -147,7 +164,8 @@ class Communicator(RegisteredBuffers):
         group: the process group (None: the default group).
         algorithm: "auto", "ring", "halving_doubling", "shm" (every rank on one host) or
             "hierarchical".
-        timeout: per-collective timeout (default: the default group's timeout, at most 366 days).
+        timeout: per-collective timeout (default: the timeout ``group`` was made with, as given to
+            ``init_process_group`` or ``new_group``; at most 366 days).
         chunk_bytes: pipeline segment size of the point-to-point algorithms.
         host_id: override this process's host identity (tests use it to simulate hosts).
     """
@@ -162,12 +180,7 @@ class Communicator(RegisteredBuffers):
         if dist.get_rank() not in ranks:
             raise ValueError("fastallreduce: this process is not a member of the given group")
         if timeout is None:
-            timeout = _DEFAULT_TIMEOUT
-            try:
-                timeout = dist.distributed_c10d._get_default_group().options._timeout  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001 - older/newer torch: keep torch's documented default
-                pass
-            timeout = min(timeout, _MAX_TIMEOUT)
+            timeout = min(_group_timeout(user_group), _MAX_TIMEOUT)
         self.group = user_group
         # Our own store namespace over the same ranks. The name depends only on the ranks and on
         # how many communicators this process made over exactly these ranks, which agree on every

@@ -50,14 +50,14 @@ def netns_available():
 
 @pytest.fixture
 def netns_hosts(tmp_path, netns_available):
-    """netns_hosts(layout) -> a started fastallreduce.bench.netns_hosts.NetnsHosts, torn down after
+    """netns_hosts(layout, **kw) -> a started fastallreduce.bench.netns_hosts.NetnsHosts, torn down after
     the test (skipped, or failed under CI=true, as netns_available says)."""
     from fastallreduce.bench import netns_hosts as nh
 
     made = []
 
-    def make(layout):
-        h = nh.NetnsHosts(layout, log_dir=str(tmp_path))
+    def make(layout, **kw):
+        h = nh.NetnsHosts(layout, log_dir=str(tmp_path), **kw)
         made.append(h)
         return h.__enter__()
 

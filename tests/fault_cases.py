@@ -215,3 +215,40 @@ def subgroup_then_world():
     b.allreduce(y)
     b.close()
     return float(y[0])
+
+
+def peer_exits(hosts, victim, timeout_s):
+    """Ranks on simulated hosts (the point-to-point path between them); after one allreduce the
+    victim's process exits. The others' next allreduce must raise one of our errors naming the
+    victim, abort the communicator, and leave the next call a ClosedError."""
+    r = dist.get_rank()
+    c = far.Communicator(timeout=timedelta(seconds=timeout_s), host_id=hosts[r])
+    x = torch.ones(1 << 16)
+    c.allreduce(x)
+    if r == victim:
+        # As a finished script exits: its communicator and groups closed, the sockets with them.
+        c.close()
+        del c
+        dist.destroy_process_group()
+        os._exit(0)
+    time.sleep(2.0)  # the victim is gone: its connections are closed
+    first = outcome(lambda: c.allreduce(torch.ones(1 << 16)))
+    aborted = c.aborted
+    second = outcome(lambda: c.allreduce(torch.ones(4)))
+    try:
+        c.close()
+    except Exception:  # noqa: BLE001
+        pass
+    return first, aborted, second
+
+
+def default_timeouts():
+    """Communicator() takes its group's timeout: the default group's (the pool made it with 120 s)
+    and a subgroup's own."""
+    sub = dist.new_group(list(range(dist.get_world_size())), timeout=timedelta(seconds=7))
+    out = []
+    for g in (None, sub):
+        c = far.Communicator(g)
+        out.append(c.timeout.total_seconds())
+        c.close()
+    return out

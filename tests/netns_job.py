@@ -3,6 +3,9 @@
     netns_job.py OUT_DIR cases CASES_JSON      topology, then the correctness cases in the file
     netns_job.py OUT_DIR loop TIMEOUT_S NBYTES allreduces until one raises (a fault test cuts a
                                                link or kills a rank meanwhile)
+    netns_job.py OUT_DIR loop TIMEOUT_S NBYTES group
+                                               the same, TIMEOUT_S the group's and the
+                                               Communicator() on its defaults
 
 Every rank writes OUT_DIR/rank<R>.json; the loop also writes OUT_DIR/looping<R> (its pid) once
 it is in the loop, so that the test knows when to strike.
@@ -67,11 +70,11 @@ def run_cases(path: str) -> dict:
     return out
 
 
-def loop(out_dir: str, timeout_s: float, nbytes: int) -> dict:
+def loop(out_dir: str, timeout_s: float, nbytes: int, defaults: bool) -> dict:
     # When a fault test kills a rank, its torchrun agent SIGTERMs the host's other ranks at once
     # (SIGKILL 30 s later): they must live to report what they raised, then they exit by themselves.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    c = far.Communicator(timeout=timedelta(seconds=timeout_s))
+    c = far.Communicator() if defaults else far.Communicator(timeout=timedelta(seconds=timeout_s))
     x = torch.ones(nbytes // 4)
     rank, i = dist.get_rank(), 0
     result = {"error": None, "pid": os.getpid()}
@@ -92,12 +95,13 @@ def loop(out_dir: str, timeout_s: float, nbytes: int) -> dict:
 def main() -> None:
     out_dir, scenario = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    defaults = sys.argv[5:] == ["group"]
+    dist.init_process_group("gloo", timeout=timedelta(seconds=float(sys.argv[3]) if defaults else 60))
     rank = dist.get_rank()
     if scenario == "cases":
         result = run_cases(sys.argv[3])
     else:
-        result = loop(out_dir, float(sys.argv[3]), int(sys.argv[4]))
+        result = loop(out_dir, float(sys.argv[3]), int(sys.argv[4]), defaults)
     with open(os.path.join(out_dir, f"rank{rank}.json.tmp"), "w") as f:
         json.dump(result, f)
     os.replace(os.path.join(out_dir, f"rank{rank}.json.tmp"), os.path.join(out_dir, f"rank{rank}.json"))

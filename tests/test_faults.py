@@ -1,5 +1,6 @@
 """Faults are errors on every rank, never hangs, never wrong data, never leaked segments."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -77,6 +78,37 @@ def test_kill_9_in_the_middle(algorithm):
         kind, msg, took = res[r]
         assert kind in ("CommError", "CommTimeoutError"), res[r]
         assert took < 30, res[r]
+    assert _shm_segments() == before
+
+
+def test_default_timeout_is_the_groups(pool):
+    """Communicator() without timeout= is bounded by its group's timeout, not torch's 30 min default."""
+    assert pool(2).run(fc.default_timeouts) == [[120.0, 7.0]] * 2
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("hosts,victim", [(["a", "b"], 1), (["a", "a", "b", "b"], 3)], ids=["two_hosts", "2x2"])
+def test_peer_exit_raises_ours_and_aborts(hosts, victim):
+    """A peer's process exits between collectives (its connections close): every other rank's
+    next allreduce raises one of our errors naming the peer, never the transport's own, well
+    before the timeout; the communicator is aborted on every rank, and nothing is left in /dev/shm."""
+    before = _shm_segments()
+    world, timeout_s = len(hosts), 30
+    survivors = [r for r in range(world) if r != victim]
+    p = RankPool(world)
+    try:
+        for c in p.conns:
+            c.send((fc.peer_exits, (hosts, victim, timeout_s), {}))
+        res = p.collect(timeout=120, raise_errors=False, ranks=survivors)
+    finally:
+        p.kill()
+    for r in survivors:
+        (kind, msg, took), aborted, second = res[r]
+        assert kind in ("CommError", "CommTimeoutError", "MismatchError"), res[r]
+        assert f"rank {victim}" in msg or re.search(rf"\[ranks [^\]]*\b{victim}\b", msg), (r, msg)
+        assert took < timeout_s, res[r]
+        assert aborted, res[r]
+        assert second[0] == "ClosedError", res[r]
     assert _shm_segments() == before
 
 

@@ -58,24 +58,9 @@ std::exception_ptr Communicator::execute(Task& task) {
   Header h = c.header;
   h.rank = static_cast<uint32_t>(rank_);
   h.seq = task.seq;
-  try {
-    if (aborted_) throw ClosedError("fastallreduce: communicator was aborted: " + abort_reason());
-    RECORD_FUNCTION(record_name(c.kind), std::vector<c10::IValue>());
-    begin_op(h);
-    report_.clear();
-    struct End {
-      Communicator* self;
-      ~End() { self->end_op(); }
-    } end{this};
-    if (c.algo == Algo::kNccl) {
-      run_nccl(task, h);  // copies back itself, in stream order
-    } else {
-      run_call(c, h);
-      if (c.copy_back.defined()) c.copy_back.detach().copy_(c.out.view(c.copy_back.sizes()));
-    }
-    completed_.fetch_add(1);
-    return nullptr;
-  } catch (const CommError& e) {
+  // A fault (`e`; `own`: the exception as thrown, or null for `e` itself): the communicator is
+  // aborted on every rank, and the first failure published is the one reported.
+  auto failed = [&](const CommError& e, std::exception_ptr own) -> std::exception_ptr {
     // A peer killed between creating and unlinking a segment (its group's or a registration's)
     // left it in /dev/shm; so may this rank's registrations, which no peer will map now.
     remove_stale_segments();
@@ -103,7 +88,35 @@ std::exception_ptr Communicator::execute(Task& task) {
         return std::make_exception_ptr(CommError(msg));
       }
     }
+    return own ? own : std::make_exception_ptr(e);
+  };
+  try {
+    if (aborted_) throw ClosedError("fastallreduce: communicator was aborted: " + abort_reason());
+    RECORD_FUNCTION(record_name(c.kind), std::vector<c10::IValue>());
+    begin_op(h);
+    report_.clear();
+    struct End {
+      Communicator* self;
+      ~End() { self->end_op(); }
+    } end{this};
+    if (c.algo == Algo::kNccl) {
+      run_nccl(task, h);  // copies back itself, in stream order
+    } else {
+      run_call(c, h);
+      if (c.copy_back.defined()) c.copy_back.detach().copy_(c.out.view(c.copy_back.sizes()));
+    }
+    completed_.fetch_add(1);
+    return nullptr;
+  } catch (const CommError& e) {
+    return failed(e, std::current_exception());
+  } catch (const ArgError&) {
     return std::current_exception();
+  } catch (const std::exception& e) {
+    // Whatever a transport or a library below raised: one of ours, so that every rank sees a
+    // CommError and the communicator is aborted everywhere, as for any fault.
+    return failed(CommError("fastallreduce: rank " + std::to_string(rank_) + " failed in " + h.describe() + ": " +
+                            std::string(e.what()).substr(0, 400)),
+                  nullptr);
   } catch (...) {
     return std::current_exception();
   }

@@ -25,6 +25,19 @@ c10d::ReduceOp reduce_op(RedOp op) {
   throw std::logic_error("fastallreduce: the transport's allreduce has no avg (sum, then divide)");
 }
 
+// "sending to rank N", "receiving from rank N" or the collective, for error messages.
+std::string describe(const Request& req, int size) {
+  if (req.collective) return "in the transport's allreduce over " + std::to_string(size) + " ranks";
+  return std::string(req.send ? "sending to" : "receiving from") + " rank " + std::to_string(req.peer);
+}
+
+// The transport's error `error` while doing `what`: always one of ours, never the transport's own.
+[[noreturn]] void fail(const std::string& what, const std::string& error) {
+  if (error.find("Timed out") != std::string::npos)
+    throw CommTimeoutError("fastallreduce: transport timed out " + what + ": " + error.substr(0, 400));
+  throw CommError("fastallreduce: transport failure " + what + ": " + error.substr(0, 400));
+}
+
 at::Tensor wrap(const void* data, size_t bytes) {
   return at::from_blob(const_cast<void*>(data), {static_cast<int64_t>(bytes)},
                        at::TensorOptions().dtype(at::kByte));
@@ -35,13 +48,26 @@ P2P::P2P(c10::intrusive_ptr<c10d::Backend> backend, std::function<void()> poll)
     : backend_(std::move(backend)), poll_(std::move(poll)), rank_(backend_->getRank()), size_(backend_->getSize()) {}
 
 Request P2P::isend(int peer, const void* data, size_t bytes) {
+  Request req{{}, peer, true, bytes};
   std::vector<at::Tensor> t{wrap(data, bytes)};
-  return Request{backend_->send(t, peer, kTag), peer, true, bytes};
+  // Gloo throws right here (not in wait) when the peer's connection is closed already (the peer exited).
+  try {
+    req.work = backend_->send(t, peer, kTag);
+  } catch (const std::exception& e) {
+    fail(describe(req, size_), e.what());
+  }
+  return req;
 }
 
 Request P2P::irecv(int peer, void* data, size_t bytes) {
+  Request req{{}, peer, false, bytes};
   std::vector<at::Tensor> t{wrap(data, bytes)};
-  return Request{backend_->recv(t, peer, kTag), peer, false, bytes};
+  try {
+    req.work = backend_->recv(t, peer, kTag);
+  } catch (const std::exception& e) {
+    fail(describe(req, size_), e.what());
+  }
+  return req;
 }
 
 Request P2P::iallreduce(void* data, size_t count, DType dtype, RedOp op,
@@ -59,10 +85,17 @@ Request P2P::iallreduce(void* data, size_t count, DType dtype, RedOp op,
     saved = backend_->getBackendOptions()->timeout;
   } catch (const c10::Error&) {  // a backend without options: opts.timeout only
   }
+  Request req{{}, -1, false, count * dtype_size(dtype), true};
   if (saved) backend_->setTimeout(opts.timeout);
-  auto work = backend_->allreduce(t, opts);
+  std::optional<std::string> error;
+  try {
+    req.work = backend_->allreduce(t, opts);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
   if (saved) backend_->setTimeout(*saved);
-  return Request{std::move(work), -1, false, count * dtype_size(dtype), true};
+  if (error) fail(describe(req, size_), *error);
+  return req;
 }
 
 bool P2P::wait_collective(const c10::intrusive_ptr<c10d::Work>& work) {
@@ -108,12 +141,7 @@ void P2P::wait(Request& req) {
     poll_();
     throw CommError("fastallreduce: wait interrupted");
   }
-  const std::string what = req.collective ? "in the transport's allreduce over " + std::to_string(size_) + " ranks"
-                                           : std::string(req.send ? "sending to" : "receiving from") + " rank " +
-                                                 std::to_string(req.peer);
-  if (!error.empty() && error.find("Timed out") != std::string::npos)
-    throw CommTimeoutError("fastallreduce: transport timed out " + what + ": " + error.substr(0, 400));
-  if (!error.empty()) throw CommError("fastallreduce: transport failure " + what + ": " + error.substr(0, 400));
+  if (!error.empty()) fail(describe(req, size_), error);
   if (!ok) throw CommError("fastallreduce: transport wait returned without completing");
   req.work.reset();
 }

@@ -1,13 +1,14 @@
 """Real separate hosts on one machine: network + UTS + IPC + mount namespaces, one per host.
 
 Each host has its own hostname, its own network stack reached over a veth link to a bridge (the
-bridge lives in a namespace of its own, so nothing touches the machine's own network), its own
+bridge lives in a namespace of its own, so nothing touches the machine's own network) or, with
+``link="pair"``, over one veth pair straight to the other of two hosts, its own
 IPC namespace and a private tmpfs on /dev/shm. A keeper process per host holds the namespaces
 open, so /dev/shm can still be inspected after the host's ranks exited; everything else enters
 the host through the keeper's namespaces (nsenter).
 
     with NetnsHosts([2, 2]) as hosts:            # 2 hosts of 2 ranks
-        job = hosts.torchrun(["tests/netns_job.py", ...], env={...})
+        job = hosts.torchrun(["tests/netns_job.py", ...], env={...})   # or hosts.spawn(...): no torchrun
         job.wait(timeout=120)
         hosts.shm_segments(1)                    # what is left in host 1's /dev/shm
 
@@ -112,13 +113,13 @@ def read_results(out_dir: str, ranks, deadline: float) -> dict:
 
 
 class Job:
-    """One torchrun per host, all in the background; their output goes to files in ``log_dir``."""
+    """One torchrun per host (or one process per rank), all in the background; their output goes to files in ``log_dir``."""
 
     def __init__(self, procs: list, logs: list):
         self.procs, self.logs = procs, logs
 
     def wait(self, timeout: float) -> list:
-        """Exit codes of the torchruns, one per host; kills every one still running after ``timeout``."""
+        """Exit codes of the processes (torchruns: one per host); kills every one still running after ``timeout``."""
         deadline = time.monotonic() + timeout
         codes = []
         for p in self.procs:
@@ -140,14 +141,17 @@ class Job:
 
     def output(self) -> str:
         tails = [open(f, errors="replace").read()[-6000:] for f in self.logs]
-        return "\n".join(f"--- host {i} ---\n{t}" for i, t in enumerate(tails))
+        return "\n".join(f"--- {os.path.basename(f)} ---\n{t}" for f, t in zip(self.logs, tails))
 
 
 class NetnsHosts:
     """``layout[i]`` ranks on host i, each host in its own namespaces; see the module docstring."""
 
-    def __init__(self, layout: Sequence[int], log_dir: Optional[str] = None) -> None:
+    def __init__(self, layout: Sequence[int], log_dir: Optional[str] = None, link: str = "bridge") -> None:
+        if link not in ("bridge", "pair") or (link == "pair" and len(layout) != 2):
+            raise ValueError(f"link must be 'bridge', or 'pair' for two hosts; got {link!r} for {len(layout)} hosts")
         self.layout = list(layout)
+        self.pair = link == "pair"
         self.tag = f"{PREFIX}{os.getpid()}-{int(time.time() * 1000) % 100000}"
         self.bridge_ns = f"{self.tag}-br"
         self.names = [f"{self.tag}-h{i}" for i in range(len(self.layout))]
@@ -170,13 +174,19 @@ class NetnsHosts:
 
     def _create(self) -> None:
         br = self.bridge_ns
-        _sh("ip", "netns", "add", br)
-        _sh("ip", "-n", br, "link", "add", "br0", "type", "bridge")
-        _sh("ip", "-n", br, "link", "set", "br0", "up")
-        for i, ns in enumerate(self.names):
+        if not self.pair:
+            _sh("ip", "netns", "add", br)
+            _sh("ip", "-n", br, "link", "add", "br0", "type", "bridge")
+            _sh("ip", "-n", br, "link", "set", "br0", "up")
+        for ns in self.names:
             _sh("ip", "netns", "add", ns)
-            _sh("ip", "link", "add", IFNAME, "netns", ns, "type", "veth", "peer", "name", f"h{i}", "netns", br)
-            _sh("ip", "-n", br, "link", "set", f"h{i}", "master", "br0", "up")
+        if self.pair:  # one cable, each end inside a host
+            _sh("ip", "link", "add", IFNAME, "netns", self.names[0], "type", "veth", "peer", "name", IFNAME, "netns",
+                self.names[1])
+        for i, ns in enumerate(self.names):
+            if not self.pair:
+                _sh("ip", "link", "add", IFNAME, "netns", ns, "type", "veth", "peer", "name", f"h{i}", "netns", br)
+                _sh("ip", "-n", br, "link", "set", f"h{i}", "master", "br0", "up")
             _sh("ip", "-n", ns, "addr", "add", f"{self.addrs[i]}/24", "dev", IFNAME)
             _sh("ip", "-n", ns, "link", "set", IFNAME, "up")
             _sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -224,8 +234,44 @@ class NetnsHosts:
         return [int(p) for p in pids if int(p) != keeper]
 
     def link(self, host: int, up: bool) -> None:
-        """Plugs host ``host``'s cable in or out (the bridge's end of its veth)."""
-        _sh("ip", "-n", self.bridge_ns, "link", "set", f"h{host}", "up" if up else "down")
+        """Plugs host ``host``'s cable in or out (the bridge's end of its veth; with one veth pair,
+        the host's own end)."""
+        if self.pair:
+            _sh("ip", "-n", self.names[host], "link", "set", IFNAME, "up" if up else "down")
+        else:
+            _sh("ip", "-n", self.bridge_ns, "link", "set", f"h{host}", "up" if up else "down")
+
+    def _env(self, env: Optional[dict]) -> dict:
+        e = {k: v for k, v in os.environ.items() if not k.startswith("FASTALLREDUCE_HOST_ID")}
+        # A script's own directory is on its sys.path already (tests/ for tests/netns_job.py).
+        e.update({"GLOO_SOCKET_IFNAME": IFNAME, "OMP_NUM_THREADS": "1",
+                  "PYTHONPATH": os.pathsep.join(filter(None, [REPO, e.get("PYTHONPATH")]))})
+        e.update(env or {})
+        return e
+
+    def _start(self, host: int, cmd: list, env: dict, logs: list) -> subprocess.Popen:
+        log = os.path.join(self.log_dir, f"{self.names[host]}-{len(self.jobs)}-{len(logs)}.log")
+        with open(log, "w") as f:
+            p = subprocess.Popen(self.enter(host) + cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+                                 start_new_session=True)
+        logs.append(log)
+        return p
+
+    def spawn(self, argv: Sequence[str], env: Optional[dict] = None, master_port: int = MASTER_PORT) -> Job:
+        """Starts every rank of ``argv`` directly in its host, without torchrun: RANK, WORLD_SIZE,
+        LOCAL_RANK, GROUP_RANK, MASTER_ADDR (host 0) and MASTER_PORT in the environment, as a
+        user's own launcher sets them for ``init_process_group`` from environment variables."""
+        procs, logs = [], []
+        world = sum(self.layout)
+        for i, n in enumerate(self.layout):
+            for lr in range(n):
+                rank = sum(self.layout[:i]) + lr
+                e = self._env(dict(env or {}, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(lr),
+                                   GROUP_RANK=str(i), MASTER_ADDR=self.addrs[0], MASTER_PORT=str(master_port)))
+                procs.append(self._start(i, [sys.executable, *argv], e, logs))
+        job = Job(procs, logs)
+        self.jobs.append(job)
+        return job
 
     def torchrun(self, argv: Sequence[str], env: Optional[dict] = None, master_port: int = MASTER_PORT) -> Job:
         """Starts ``torchrun --nnodes H --nproc-per-node L_i --node-rank i argv`` in every host.
@@ -235,21 +281,10 @@ class NetnsHosts:
         """
         procs, logs = [], []
         for i, n in enumerate(self.layout):
-            e = {k: v for k, v in os.environ.items() if not k.startswith("FASTALLREDUCE_HOST_ID")}
-            # A script's own directory is on its sys.path already (tests/ for tests/netns_job.py).
-            e.update({"GLOO_SOCKET_IFNAME": IFNAME, "OMP_NUM_THREADS": "1",
-                      "PYTHONPATH": os.pathsep.join(filter(None, [REPO, e.get("PYTHONPATH")]))})
-            e.update(env or {})
-            cmd = self.enter(i) + [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(self.layout)}",
-                                   f"--nproc-per-node={n}", f"--node-rank={i}", f"--master-addr={self.addrs[0]}",
-                                   f"--master-port={master_port}", "--max-restarts=0", "--monitor-interval=0.5",
-                                   *argv]
-            log = os.path.join(self.log_dir, f"{self.names[i]}-{len(self.jobs)}.log")
-            f = open(log, "w")
-            procs.append(subprocess.Popen(cmd, env=e, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
-                                          start_new_session=True))
-            f.close()
-            logs.append(log)
+            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(self.layout)}",
+                   f"--nproc-per-node={n}", f"--node-rank={i}", f"--master-addr={self.addrs[0]}",
+                   f"--master-port={master_port}", "--max-restarts=0", "--monitor-interval=0.5", *argv]
+            procs.append(self._start(i, cmd, self._env(env), logs))
         job = Job(procs, logs)
         self.jobs.append(job)
         return job
