@@ -18,12 +18,12 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_presets_and_explicit_options_win():
     d = _args()
-    assert (d.epochs, d.seeds, d.train_size, d.batch_per_worker, d.accum) == (18, 2, None, 16, 16)
+    assert (d.epochs, d.seeds, d.train_size, d.batch_per_worker, d.accum) == (3, 2, None, 16, 16)
     assert d.settings == "baseline,gradual warmup" and d.multipliers == [1]
     f = _args("--full")
-    assert (f.epochs, f.seeds, f.train_size) == (18, 3, None) and f.settings.split(",") == list(report.SETTINGS)
+    assert (f.epochs, f.seeds, f.train_size) == (12, 3, None) and f.settings.split(",") == list(report.SETTINGS)
     s = _args("--sweep")
-    assert s.multipliers == [1, 2, 4, 8, 16, 32, 64] and s.seeds == 2
+    assert s.multipliers == [1, 2, 4, 8, 16, 32, 64] and (s.epochs, s.seeds) == (12, 2)
     q = _args("--quick")
     assert (q.epochs, q.seeds, q.workers, q.base_workers, q.batch_per_worker, q.accum) == (1, 1, 2, 2, 8, 4)
     assert _args("--full", "--epochs", "3", "--seeds", "5").epochs == 3
@@ -31,8 +31,8 @@ def test_presets_and_explicit_options_win():
     # The default recipe: 2 x 16 x 16 = 512 = 16x the baseline's 32; 512 of Fashion-MNIST's 60,000 is
     # 0.85 % per step (at most 1 %, the paper's 8k: 0.64 %); warmup 5/90 of the epochs; decays at 30/60/80 of 90.
     assert d.workers * d.batch_per_worker * d.accum == 512
-    assert experiment.warmup_epochs_for(d.epochs) == pytest.approx(1.0)
-    assert experiment.milestones_for(d.epochs) == (6, 12, 16)
+    assert experiment.warmup_epochs_for(f.epochs) == pytest.approx(12 * 5 / 90)
+    assert experiment.milestones_for(f.epochs) == (4, 8, 11) and experiment.milestones_for(d.epochs) == (1, 2)
     with pytest.raises(SystemExit):
         _args("--full", "--sweep")
 
