@@ -118,5 +118,5 @@ def test_a_tiny_sweep_trains_and_saves_as_it_goes(tmp_path):
     assert not (tmp_path / "sweep.partial.json").exists()  # replaced by sweep.json
     assert [(r["seed"], r["multiplier"], r["minibatch"]) for r in doc["runs"]] == [(0, 1, 16), (0, 2, 32),
                                                                                      (1, 1, 16), (1, 2, 32)]
-    assert [r["lr"] for r in doc["runs"][:2]] == pytest.approx([0.05, 0.1])  # the linear rule
+    assert [r["lr"] for r in doc["runs"][:2]] == pytest.approx([0.1, 0.2])  # the linear rule
     assert [x["minibatch"] for x in doc["sweep"]] == [16, 32] and doc["sweep"][0]["seeds"] == 2

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 # The run lengths: the default (one finding, within 5 minutes), --full (Table 1), --sweep (Figure 1)
 # and --quick (CI: one epoch of a 512-example slice). Options given explicitly win over all of them.
 # Why each value matches the paper's set-up: docs/demo.md.
-DEFAULT = {"epochs": 3, "seeds": 2, "train_size": None, "batch_per_worker": 16, "accum": 16, "base_lr": 0.05,
+DEFAULT = {"epochs": 3, "seeds": 2, "train_size": None, "batch_per_worker": 16, "accum": 16, "base_lr": 0.1,
            "width": 8, "settings": "baseline,gradual warmup", "multipliers": "1"}
 FULL = {**DEFAULT, "epochs": 12, "seeds": 3, "settings": ",".join(SETTINGS)}
 SWEEP = {**DEFAULT, "epochs": 12, "seeds": 2, "multipliers": "1,2,4,8,16,32,64"}
