@@ -266,7 +266,7 @@ def format_table(doc: dict[str, Any]) -> str:
     c = doc["config"]
     lines = [
         f"Large-minibatch SGD on {data_title(c['data'])} ({c['data']}), {c['epochs']} epochs, n = {c['batch_per_worker']} per worker, "
-        f"warmup {c['warmup_epochs']:g} epochs, decay x0.1 at epochs {list(c['milestones'])}, {len(c['seeds'])} seed(s), "
+        f"warmup {c['warmup_epochs']:.3g} epochs, decay x0.1 at epochs {list(c['milestones'])}, {len(c['seeds'])} seed(s), "
         f"gradients averaged by {'the fastallreduce DDP hook' if c.get('comm') == 'fastallreduce' else 'DDP (gloo)'}",
         "",
         f"| {'setting':<16}| {'k x n x accum':>14} | {'minibatch':>9} | {'lr':>6} | {'early train err %':>17} | "
@@ -329,7 +329,7 @@ def plot(doc: dict[str, Any], path: str) -> None:
     ax_train.set_title("training error, as the paper's Figure 2 (thin: each seed; thick: mean)")
     ax_err.set_title("test error")
     fig.suptitle(f"Large-minibatch SGD in miniature: {data_title(c['data'])}, {c['workers']} workers, n={c['batch_per_worker']}, "
-                 f"{c['epochs']} epochs, warmup {c['warmup_epochs']:g} epochs")
+                 f"{c['epochs']} epochs, warmup {c['warmup_epochs']:.3g} epochs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -104,7 +104,7 @@ def format_sweep(doc: dict[str, Any]) -> str:
     c = doc["config"]
     paper = paper_points()
     lines = [f"Error against minibatch size on {data_title(c['data'])}: linear scaling rule from lr {c['base_lr']:g} "
-             f"at {c['base_minibatch']}, gradual warmup {c['warmup_epochs']:g} epochs, {c['epochs']} epochs, "
+             f"at {c['base_minibatch']}, gradual warmup {c['warmup_epochs']:.3g} epochs, {c['epochs']} epochs, "
              f"decay x0.1 at {list(c['milestones'])}",
              "",
              "| minibatch | x base | % data/step | lr | steps/epoch | seeds | final error % || paper kn (% data/step) | paper error % |",
