@@ -70,6 +70,23 @@ def check_data(name: str) -> None:
     idx_paths(name)
 
 
+def train_count(name: str, quick: bool = False, train_size: Optional[int] = None) -> int:
+    """How many training examples :func:`load_data` returns, without reading the images (an IDX set's
+    label-file header), so that the demo can check its step sizes before starting any process."""
+    if name in DIGITS:
+        n = len(_digits(name, 0.2, quick)["ytr"])
+    else:
+        path = idx_paths(name)["ytr"]
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+            head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: truncated IDX header")
+        n = struct.unpack(">I", head[4:8])[0]
+        if quick:
+            n = min(n, _QUICK_TRAIN)
+    return n if train_size is None else min(n, train_size)
+
+
 def read_idx(path: str) -> torch.Tensor:
     """One IDX file (gzip-compressed when the name ends in ``.gz``) as a tensor of its shape and type.
 
