@@ -9,6 +9,7 @@
 #include "common/aten.h"
 #include "common/errors.h"
 #include "common/torch_compat.h"
+#include "backend/without_gil.h"
 
 namespace far {
 namespace {
@@ -142,7 +143,14 @@ FastAllreduceBackend::FastAllreduceBackend(const c10::intrusive_ptr<c10d::Store>
 
 FastAllreduceBackend::~FastAllreduceBackend() {
   // In a forked child, Gloo's threads belong to the parent: destroying it would join them.
-  if (engine_ && engine_->forked()) (void)gloo_.release();
+  if (engine_ && engine_->forked()) {
+    (void)gloo_.release();
+    return;
+  }
+  without_gil([this] {
+    engine_.reset();
+    gloo_.reset();
+  });
 }
 
 void FastAllreduceBackend::setTimeout(std::chrono::milliseconds timeout) {

@@ -3,6 +3,7 @@
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 
+#include "backend/without_gil.h"
 #include "bindings/factory.h"
 #include "bindings/registry.h"
 #include "common/aten.h"
@@ -70,18 +71,10 @@ void bind(py::module& m) {
              o.config.local_error = std::move(local_error);
              o.name = std::move(name);
              py::gil_scoped_release nogil;
-             // The last reference may drop on a thread that holds the GIL (a Python object's
-             // dealloc). Closing joins the worker thread, which may itself be waiting for the GIL
-             // to drop a finished future's tensor: release the GIL around the delete.
-             return std::shared_ptr<Communicator>(new Communicator(std::move(store), rank, size, std::move(o)),
-                                                  [](Communicator* c) {
-                                                    if (Py_IsInitialized() && PyGILState_Check()) {
-                                                      py::gil_scoped_release release;
-                                                      Communicator::dispose(c);
-                                                    } else {
-                                                      Communicator::dispose(c);
-                                                    }
-                                                  });
+             // The last reference may drop with the GIL held (a Python object's dealloc): the
+             // delete joins threads that may need the GIL (backend/without_gil.h).
+             auto* c = new Communicator(std::move(store), rank, size, std::move(o));
+             return std::shared_ptr<Communicator>(c, [](Communicator* p) { without_gil([p] { Communicator::dispose(p); }); });
            }),
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("make_backend"), py::arg("timeout_ms") = py::none(),
            py::arg("chunk_bytes") = py::none(), py::arg("host_id") = py::none(), py::arg("name") = "fastallreduce",
