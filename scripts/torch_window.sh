@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Compiles (syntax only) every csrc/ file against the headers of each supported torch release:
 # the support window is what this proves. Minutes, not a build per version: the headers come
-# from the wheel alone (cached in .torch-headers/), the files of a directory are checked as one
-# translation unit (torch's headers parsed once per directory), and the units in parallel.
+# from the wheel alone (cached in .torch-headers/), most files are checked as one translation unit
+# (torch's headers parsed once), and the units in parallel.
 #   bash scripts/torch_window.sh                 # every version in TORCH_WINDOW below
 #   bash scripts/torch_window.sh 2.11.0 2.15.0   # just these
 set -euo pipefail
@@ -30,8 +30,11 @@ headers_of() {  # $1 version -> prints the include directory, fetching it once
   if [ ! -f "$dir/torch/include/torch/headeronly/version.h" ] && [ ! -f "$dir/torch/include/torch/csrc/api/include/torch/version.h" ]; then
     local tmp
     tmp=$(mktemp -d)
-    # PIP_CONSTRAINT=/dev/null: machines here cap pip at the pinned torch; headers of newer ones are wanted.
-    PIP_CONSTRAINT=/dev/null "$PY" -m pip download -q --no-deps "torch==$v" -d "$tmp" >"$tmp/log" 2>&1 ||
+    # PIP_CONSTRAINT=/dev/null: machines here cap pip at the pinned torch; headers of newer ones are
+    # wanted. An empty PIP_FIND_LINKS: a local CPU-only wheel (2.13.0+cpu) lacks torch's CUDA headers.
+    mkdir -p "$tmp/no-links"
+    PIP_CONSTRAINT=/dev/null PIP_FIND_LINKS="$tmp/no-links" "$PY" -m pip download -q --no-deps "torch==$v" \
+      -d "$tmp" >"$tmp/log" 2>&1 ||
       { grep -v '^WARNING' "$tmp/log" >&2; rm -rf "$tmp"; return 1; }
     rm -rf "$dir" && mkdir -p "$dir"
     unzip -q "$tmp"/torch-*.whl 'torch/include/*' -d "$dir"
@@ -40,17 +43,13 @@ headers_of() {  # $1 version -> prints the include directory, fetching it once
   echo "$dir/torch/include"
 }
 
-# Translation units: the files of a directory together (torch's headers are then parsed once per
-# directory, not once per file), except where files reuse file-local names (the bindings'
-# registrars, the kernels' shared implementation header): those one by one.
+# Translation units: every file whose file-local names are its own in one unit (torch's headers
+# are then parsed once per release, not once per file); the bindings (each has its own registrar)
+# and the kernels (they share an implementation header of file-local templates) one by one.
 units() {  # prints one line per unit: the files it includes
-  local d
-  for d in $(find csrc -mindepth 1 -maxdepth 1 -type d | sort); do
-    case "$d" in
-      csrc/bindings|csrc/kernels) find "$d" -name '*.cpp' | sort ;;
-      *) find "$d" -name '*.cpp' | sort | tr '\n' ' '; echo ;;
-    esac
-  done | sed '/^ *$/d'
+  find csrc -name '*.cpp' -not -path 'csrc/bindings/*' -not -path 'csrc/kernels/*' | sort | tr '\n' ' '
+  echo
+  find csrc/bindings csrc/kernels -name '*.cpp' | sort
 }
 
 check_version() {  # $1 version; prints one table row; returns non-zero on any error
