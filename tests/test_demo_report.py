@@ -25,7 +25,7 @@ def test_presets_and_explicit_options_win():
     s = _args("--sweep")
     assert s.multipliers == [1, 2, 4, 8, 16, 32, 64] and (s.epochs, s.seeds) == (12, 2)
     q = _args("--quick")
-    assert (q.epochs, q.seeds, q.workers, q.base_workers, q.batch_per_worker, q.accum) == (1, 1, 2, 2, 8, 4)
+    assert (q.epochs, q.seeds, q.workers, q.base_workers, q.batch_per_worker, q.accum) == (3, 1, 2, 2, 8, 4)
     assert _args("--full", "--epochs", "3", "--seeds", "5").epochs == 3
     assert _args("--full", "--epochs", "3", "--seeds", "5").seeds == 5
     # The default recipe: 2 x 16 x 16 = 512 = 16x the baseline's 32; 512 of Fashion-MNIST's 60,000 is

@@ -3,7 +3,7 @@
     python -m fastallreduce demo                 # one finding (gradual warmup vs the baseline), 2 seeds
     python -m fastallreduce demo --full          # Table 1: all four settings, 3 seeds (docs/demo.md)
     python -m fastallreduce demo --sweep         # Figure 1: error against minibatch size, x1 .. x64, 2 seeds
-    python -m fastallreduce demo --quick         # CI: 1 epoch, 2 workers, 1 seed
+    python -m fastallreduce demo --quick         # CI: 3 epochs, 2 workers, 1 seed
 
 k worker processes (torch.distributed, gloo on loopback) train a small residual CNN on an IDX data
 set (``--data DIR``; Fashion-MNIST from Debian's ``dataset-fashion-mnist`` by default when it is
