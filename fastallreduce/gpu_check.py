@@ -148,7 +148,9 @@ def run(dry_run: bool = False, out=sys.stdout) -> int:
         reason = _skip_reason(s, n, why, failed_build)
         if dry_run:
             s.status = "skipped"
-            s.detail = f"--dry-run; here it would {'skip: ' + reason if reason else 'run'}: {' '.join(s.argv[1:])}"
+            one, more = ("runs" if g >= s.min_gpus else "skips" for g in (1, 2))
+            s.detail = (f"--dry-run; with 1 GPU it {one}, with 2+ {more}; here it would "
+                        f"{'skip: ' + reason if reason else 'run'}: {' '.join(s.argv[1:])}")
         elif reason:
             s.status, s.detail = "skipped", reason
         else:

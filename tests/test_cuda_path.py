@@ -242,6 +242,8 @@ def test_gpu_check_dry_run(argv):
     for name in ("build", "GPU tests, one GPU", "GPU tests, two or more GPUs", "fused SGD vs torch fused SGD"):
         line = next(ln for ln in p.stdout.splitlines() if ln.startswith(name))
         assert "skipped" in line and "--dry-run" in line, line
+        assert ("with 1 GPU it skips, with 2+ runs" if "two or more" in name else "with 1 GPU it runs, with 2+ runs") \
+            in line, line
     assert "360 s of the 360 s budget" in p.stdout
 
 
