@@ -6,9 +6,11 @@ Environment:
   CUDA_HOME                     toolkit root; guessed from nvcc's real location if unset
 """
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 
 from setuptools import setup
 
@@ -32,8 +34,17 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
+def _knobs():
+    # The package's knob registry, by path: the package itself cannot be imported before its build.
+    spec = importlib.util.spec_from_file_location("_far_knobs", os.path.join(ROOT, "fastallreduce", "knobs.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _want_cuda() -> bool:
-    mode = os.environ.get("FASTALLREDUCE_CUDA", "auto").strip().lower()
+    mode = _knobs().value("FASTALLREDUCE_CUDA")
     have = torch.version.cuda is not None and CUDA_HOME is not None and (
         shutil.which("nvcc") is not None or os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")))
     if mode in ("0", "off", "false", "no"):

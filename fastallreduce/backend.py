@@ -27,14 +27,13 @@ the engine algorithm of every allreduce (default ``auto``: the cost model).
 from __future__ import annotations
 
 import atexit
-import os
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from . import _C
-from .communicator import _ALGO_CODE, _MAX_TIMEOUT, ALGORITHMS, _gloo, _nccl
+from . import _C, _groups, knobs
+from .communicator import ALGORITHMS
 
 #: The name to pass to ``torch.distributed.init_process_group``.
 BACKEND_NAME = "fastallreduce"
@@ -51,13 +50,14 @@ def create_backend(store: dist.Store, rank: int, size: int, timeout: timedelta) 
     makes its engine and the Gloo backend it delegates to from it; an invalid
     ``FASTALLREDUCE_BACKEND_ALGORITHM`` on any rank makes every rank raise ValueError.
     """
-    name = os.environ.get("FASTALLREDUCE_BACKEND_ALGORITHM", "auto")
-    error = "" if name in ALGORITHMS else (
-        f"fastallreduce: FASTALLREDUCE_BACKEND_ALGORITHM={name!r}; choose from {ALGORITHMS}")
-    timeout_ms = int(min(timeout, _MAX_TIMEOUT) / timedelta(milliseconds=1))
-    nccl = _nccl if dist.is_nccl_available() else None  # made at the first CUDA call, if any
-    return _C.FastAllreduceBackend(store, rank, size, timeout_ms, _ALGO_CODE.get(name, 0), _gloo, local_error=error,
-                                   make_nccl=nccl)
+    try:  # an invalid value is published, so that every rank raises
+        name, error = str(knobs.value("FASTALLREDUCE_BACKEND_ALGORITHM")), ""
+    except ValueError as e:
+        name, error = "auto", str(e)
+    nccl = _groups.nccl_group if dist.is_nccl_available() else None  # made at the first CUDA call, if any
+    code = ALGORITHMS.index(name)
+    return _C.FastAllreduceBackend(store, rank, size, _groups.timeout_ms(timeout), code, _groups.gloo_group,
+                                   local_error=error, make_nccl=nccl)
 
 
 def register() -> None:

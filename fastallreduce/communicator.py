@@ -9,7 +9,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import logging
-import os
 import threading
 import warnings
 import weakref
@@ -20,12 +19,12 @@ import torch
 import torch.distributed as dist
 from torch.futures import Future
 
-from . import _C
+from . import _C, _groups, knobs
 from .arrays import ArrayFuture, as_tensor
 from .registered import RegisteredBuffers
 
 log = logging.getLogger("fastallreduce")
-if os.environ.get("FASTALLREDUCE_LOG", "").lower() == "debug":
+if str(knobs.value("FASTALLREDUCE_LOG")).lower() == "debug":
     logging.basicConfig()
     log.setLevel(logging.DEBUG)
 
@@ -42,8 +41,6 @@ _OP_CODE.update({dist.ReduceOp.SUM: 0, dist.ReduceOp.AVG: 1, dist.ReduceOp.PRODU
 # Collective codes of the engine (csrc/common/types.h, Kind).
 _KIND_ALLREDUCE, _KIND_ALLGATHER, _KIND_REDUCE_SCATTER, _KIND_BROADCAST = 0, 1, 2, 3
 
-_DEFAULT_TIMEOUT = timedelta(minutes=30)  # torch.distributed's default for gloo
-_MAX_TIMEOUT = timedelta(days=366)  # the engine's limit (steady_clock arithmetic stays far from overflow)
 
 _live: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
 _live_lock = threading.Lock()
@@ -54,58 +51,6 @@ def host_identity() -> str:
     """This host's identity as the engine sees it: hostname, kernel boot id, pid namespace and
     the device of /dev/shm (processes that share all four can share memory)."""
     return _C.host_identity()
-
-
-def _group_timeout(group: dist.ProcessGroup) -> timedelta:
-    """The timeout ``group`` was made with (init_process_group's or new_group's ``timeout=``).
-
-    torch keeps it in the group's backends' options (a ProcessGroup has no ``options`` of its own
-    since torch 2.x): a communicator on its defaults is bounded by what the user gave torch, never
-    silently by the 30 min fallback.
-    """
-    for device in ("cpu", "cuda"):
-        try:
-            return group._get_backend(torch.device(device)).options._timeout  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - no backend for this device in the group: try the next
-            continue
-    warnings.warn(f"fastallreduce: cannot read the group's timeout; using {_DEFAULT_TIMEOUT}", stacklevel=3)
-    return _DEFAULT_TIMEOUT
-
-
-def _gloo(store: dist.Store, rank: int, size: int, timeout_ms: int) -> dist.ProcessGroupGloo:
-    # The engine's transport: a Gloo backend made directly, not through dist.new_group (which
-    # names groups from a per-process counter that diverges when some ranks make subgroups).
-    return dist.ProcessGroupGloo(store, rank, size, timedelta(milliseconds=timeout_ms))
-
-
-# ProcessGroupNCCL reads TORCH_NCCL_ASYNC_ERROR_HANDLING in its constructor. 2 (CleanUpOnly):
-# on a timeout its watchdog aborts the group's NCCL communicator but leaves the process alive
-# (torch's default ends it), so our next call raises CommTimeoutError instead.
-_NCCL_ERROR_HANDLING = "2"
-_env_lock = threading.Lock()
-
-
-def _nccl(store: dist.Store, rank: int, size: int, timeout_ms: int, name: str = "fastallreduce") -> dist.ProcessGroup:
-    # The engine's CUDA path: a ProcessGroupNCCL made directly on its own PrefixStore, as the Gloo
-    # transport is, at the communicator's first CUDA call (collective: every rank makes that call).
-    # Options as torch's own groups get them (distributed_c10d._new_process_group_helper).
-    opts = dist.ProcessGroupNCCL.Options()
-    opts.is_high_priority_stream = False
-    opts._timeout = timedelta(milliseconds=timeout_ms)
-    opts.group_name = name  # names the group in torch's NCCL logs and flight recorder
-    # TORCH_NCCL_ASYNC_ERROR_HANDLING=2 (clean up only) for this group alone: on a timeout or an
-    # NCCL error torch's watchdog aborts the group instead of ending the process, and the engine
-    # raises. ProcessGroupNCCL reads it once, in its constructor. It is set and restored through
-    # torch's own environment accessors (torch's lock), never os.environ: torch's threads read
-    # their settings concurrently, and Python's putenv does not take torch's lock.
-    key = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
-    with _env_lock:
-        before = _C._get_torch_env(key)
-        _C._set_torch_env(key, _NCCL_ERROR_HANDLING)
-        try:
-            return dist.ProcessGroupNCCL(store, rank, size, opts)
-        finally:  # only this group is made with our setting; others keep the user's
-            _C._set_torch_env(key, before)
 
 
 def _op_code(op: Any) -> int:
@@ -180,7 +125,7 @@ class Communicator(RegisteredBuffers):
         if dist.get_rank() not in ranks:
             raise ValueError("fastallreduce: this process is not a member of the given group")
         if timeout is None:
-            timeout = min(_group_timeout(user_group), _MAX_TIMEOUT)
+            timeout = min(_groups.group_timeout(user_group), _groups.MAX_TIMEOUT)
         self.group = user_group
         # Our own store namespace over the same ranks. The name depends only on the ranks and on
         # how many communicators this process made over exactly these ranks, which agree on every
@@ -194,7 +139,7 @@ class Communicator(RegisteredBuffers):
 
     @classmethod
     def _from_store(cls, store: dist.Store, rank: int, size: int, *, algorithm: str = "auto",
-                    timeout: timedelta = _DEFAULT_TIMEOUT, uid: str = "store") -> "Communicator":
+                    timeout: timedelta = _groups.DEFAULT_TIMEOUT, uid: str = "store") -> "Communicator":
         """A Communicator over ``size`` ranks that rendezvous through ``store`` (private to it).
         Collective over the ``size`` members; for code that has a store but no default group."""
         self = cls.__new__(cls)
@@ -222,8 +167,8 @@ class Communicator(RegisteredBuffers):
         try:
             nccl = None  # made at the first CUDA call, if any
             if dist.is_nccl_available():
-                nccl = lambda *args: _nccl(*args, name=f"fastallreduce-{uid}")  # noqa: E731
-            self._c = _C.Communicator(store, rank, size, _gloo, timeout_ms=timeout_ms,
+                nccl = lambda *args: _groups.nccl_group(*args, name=f"fastallreduce-{uid}")  # noqa: E731
+            self._c = _C.Communicator(store, rank, size, _groups.gloo_group, timeout_ms=timeout_ms,
                                       chunk_bytes=chunk_bytes if local_exc is None else None,
                                       host_id=host_id, name=uid, local_error=error, make_nccl=nccl)
         except ValueError:

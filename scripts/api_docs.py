@@ -32,6 +32,7 @@ API: list[tuple[str, list[str]]] = [
     ("fastallreduce.arrays", ["ArrayFuture", "as_tensor"]),
     ("fastallreduce.backend", ["BACKEND_NAME", "register", "get_backend", "world_group",
                                "create_backend"]),
+    ("fastallreduce.knobs", ["KNOBS", "EXTERNAL", "Knob", "knob", "value", "parse", "is_set", "markdown_table"]),
 ]
 SECTIONS = ("Args", "Returns", "Raises")
 _ROLE = re.compile(r":(?:class|func|meth|data|mod|attr|exc):`(~?)([^`]+)`")

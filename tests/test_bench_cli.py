@@ -37,7 +37,7 @@ def test_expected_values_are_exact(dtype, op, world):
     dt = bw.DTYPES[dtype]
     count = 23
     inputs = [bw.make_input(r, count, dt, op) for r in range(world)]
-    exp = bw._tile(bw.expected_period(world, dt, op), count)
+    exp = bw.tile(bw.expected_period(world, dt, op), count)
     # Reduce in the input dtype, one rank after another (what a ring does), and compare exactly.
     acc = inputs[0].clone()
     for x in inputs[1:]:

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 import fastallreduce as far
 import gpu_cases as gc
-from fastallreduce import _C, communicator
+from fastallreduce import _C, _groups, communicator
 from fastallreduce.optim import SGD
 from fastallreduce.optim import cuda as sgd_cuda
 
@@ -46,12 +46,12 @@ def test_nccl_factory_sets_error_handling_for_its_group_only(monkeypatch):
 
     monkeypatch.setattr(dist, "ProcessGroupNCCL", FakeNCCL, raising=False)
     monkeypatch.setenv(key, "3")
-    communicator._nccl("store", 1, 2, 1500)
+    _groups.nccl_group("store", 1, 2, 1500)
     assert seen == {"env": "2", "timeout": timedelta(milliseconds=1500), "args": ("store", 1, 2),
                     "name": "fastallreduce", "os_environ": "3"}
     assert _C._get_torch_env(key) == "3" and os.environ[key] == "3"  # the user's setting, restored
     monkeypatch.delenv(key)
-    communicator._nccl("store", 0, 1, 10)
+    _groups.nccl_group("store", 0, 1, 10)
     assert seen["env"] == "2"
     assert _C._get_torch_env(key) is None and key not in os.environ
 
@@ -73,16 +73,16 @@ _LOCK_ORDER_SCRIPT = r"""
 import threading, time, datetime
 import torch.distributed as dist
 import fastallreduce as far
-from fastallreduce import _C, communicator
+from fastallreduce import _C, _groups, communicator
 
 made = threading.Event()
 
 def slow_factory(store, rank, size, timeout_ms, name="x"):
     made.set()
     time.sleep(0.5)  # the GIL is free meanwhile: the main thread reads nccl_made
-    return communicator._gloo(store, rank, size, timeout_ms)
+    return _groups.gloo_group(store, rank, size, timeout_ms)
 
-communicator._nccl = slow_factory
+_groups.nccl_group = slow_factory
 communicator.dist.is_nccl_available = lambda: True
 store = dist.HashStore()
 dist.init_process_group("gloo", store=store, rank=0, world_size=1)
@@ -155,7 +155,7 @@ def test_cuda_sgd_path_choice(monkeypatch):
     with pytest.raises(ValueError, match="cuda_sgd='fast'"):
         sgd_cuda.cuda_sgd_path("fast")
     monkeypatch.setenv(sgd_cuda.ENV, "Kernel")
-    if sgd_cuda._HAS_KERNEL:
+    if sgd_cuda.HAS_KERNEL:
         assert SGD([torch.zeros(2, requires_grad=True)]).cuda_sgd == "kernel"
     else:
         with pytest.raises(RuntimeError, match="no CUDA sources"):

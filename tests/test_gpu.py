@@ -84,9 +84,9 @@ def test_sgd_kernel_matches_torch_fused(lr_in_momentum, dtype):
     """Our kernel, the default torch path and torch's fused SGD on the same CUDA tensors, 12 steps
     with a gradual warmup of the lr (so the lr-in-momentum form applies momentum correction)."""
     from fastallreduce.optim import SGD
-    from fastallreduce.optim.cuda import _HAS_KERNEL
+    from fastallreduce.optim.cuda import HAS_KERNEL
 
-    if not _HAS_KERNEL:
+    if not HAS_KERNEL:
         pytest.skip("this build has no CUDA sources")
     gen = torch.Generator().manual_seed(0)
     shapes = [(64, 3, 7, 7), (64,), (1000, 2048), (3,), (257, 129)]

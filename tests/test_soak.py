@@ -1,12 +1,11 @@
 """Soak: random sizes, dtypes, ops, algorithms, sync and async. Short form here; the long form is
 FASTALLREDUCE_SOAK_OPS=5000 scripts/test.sh tests/test_soak.py"""
-import os
-
 import pytest
 
 import soak_cases as sc
+from fastallreduce import knobs
 
-OPS = int(os.environ.get("FASTALLREDUCE_SOAK_OPS", "150"))
+OPS = int(knobs.value("FASTALLREDUCE_SOAK_OPS"))
 
 
 @pytest.mark.parametrize("world", [2, 3, 5])

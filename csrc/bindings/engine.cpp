@@ -8,6 +8,7 @@
 #include "bindings/registry.h"
 #include "common/aten.h"
 #include "common/errors.h"
+#include "common/knobs.h"
 #include "common/torch_compat.h"
 #include "engine/communicator.h"
 #include "transport/nccl.h"
@@ -26,17 +27,17 @@ E code(int v, int n, const char* what) {
 py::dict config_dict(const CommConfig& c) {
   py::dict d;
   d["timeout_ms"] = c.timeout_ms;
-  d["FASTALLREDUCE_CHUNK_BYTES"] = c.algo.chunk_bytes;
-  d["FASTALLREDUCE_WINDOW"] = c.algo.window;
-  d["FASTALLREDUCE_ALPHA_US"] = c.cost.alpha_us;
-  d["FASTALLREDUCE_BETA_GBPS"] = c.cost.beta_gbps;
-  d["FASTALLREDUCE_SHM_STAGE_US"] = c.cost.shm_stage_us;
-  d["FASTALLREDUCE_SHM_GBPS"] = c.cost.shm_gbps;
-  d["FASTALLREDUCE_SHM_SLOT_BYTES"] = c.shm_slot_bytes;
-  d["FASTALLREDUCE_HIER_SLOT_BYTES"] = c.hier_slot_bytes;
-  d["FASTALLREDUCE_SHM_ONESHOT_BYTES"] = c.shm.oneshot_bytes;
-  d["FASTALLREDUCE_SHM_CHUNK_BYTES"] = c.shm.chunk_bytes;
-  d["FASTALLREDUCE_WORKER_IDLE"] = c.worker_idle ? 1 : 0;
+  d[knobs::CHUNK_BYTES.name] = c.algo.chunk_bytes;
+  d[knobs::WINDOW.name] = c.algo.window;
+  d[knobs::ALPHA_US.name] = c.cost.alpha_us;
+  d[knobs::BETA_GBPS.name] = c.cost.beta_gbps;
+  d[knobs::SHM_STAGE_US.name] = c.cost.shm_stage_us;
+  d[knobs::SHM_GBPS.name] = c.cost.shm_gbps;
+  d[knobs::SHM_SLOT_BYTES.name] = c.shm_slot_bytes;
+  d[knobs::HIER_SLOT_BYTES.name] = c.hier_slot_bytes;
+  d[knobs::SHM_ONESHOT_BYTES.name] = c.shm.oneshot_bytes;
+  d[knobs::SHM_CHUNK_BYTES.name] = c.shm.chunk_bytes;
+  d[knobs::WORKER_IDLE.name] = c.worker_idle ? 1 : 0;
   d["threads"] = c.algo.threads;
   return d;
 }

@@ -6,28 +6,13 @@
 #include <sstream>
 
 #include "common/errors.h"
+#include "common/knobs.h"
 
 namespace far {
 namespace {
 
-struct Knob {
-  const char* name;
-  double lo, hi;
-  bool integer;
-};
-
-// Each knob: name, inclusive range, integer or not. Documented in docs/README (environment).
-constexpr Knob kAlpha{"FASTALLREDUCE_ALPHA_US", 1e-3, 1e7, false};
-constexpr Knob kBeta{"FASTALLREDUCE_BETA_GBPS", 1e-4, 1e4, false};
-constexpr Knob kShmStage{"FASTALLREDUCE_SHM_STAGE_US", 0, 1e7, false};
-constexpr Knob kShmGbps{"FASTALLREDUCE_SHM_GBPS", 1e-4, 1e4, false};
-constexpr Knob kChunk{"FASTALLREDUCE_CHUNK_BYTES", 64, double(1 << 30), true};
-constexpr Knob kWindow{"FASTALLREDUCE_WINDOW", 1, 64, true};
-constexpr Knob kSlot{"FASTALLREDUCE_SHM_SLOT_BYTES", 4096, double(1 << 30), true};
-constexpr Knob kHierSlot{"FASTALLREDUCE_HIER_SLOT_BYTES", 4096, double(1 << 30), true};
-constexpr Knob kOneshot{"FASTALLREDUCE_SHM_ONESHOT_BYTES", 0, double(1 << 30), true};
-constexpr Knob kShmChunk{"FASTALLREDUCE_SHM_CHUNK_BYTES", 4096, double(1 << 30), true};
-constexpr Knob kIdle{"FASTALLREDUCE_WORKER_IDLE", 0, 1, true};
+using Knob = knobs::Numeric;
+// The timeout is an argument, not a variable: checked the same way, named as the argument.
 constexpr Knob kTimeout{"timeout (ms)", 1, double(kMaxTimeoutMs), true};
 
 std::string range_of(const Knob& k) {
@@ -87,24 +72,25 @@ CommConfig config_from_env(const ConfigOverrides& o) {
   CommConfig c;
   c.timeout_ms = o.timeout_ms ? static_cast<int64_t>(checked(kTimeout, double(*o.timeout_ms), std::to_string(*o.timeout_ms)))
                               : c.timeout_ms;
-  c.cost.alpha_us = env_knob(kAlpha, c.cost.alpha_us);
-  c.cost.beta_gbps = env_knob(kBeta, c.cost.beta_gbps);
-  c.cost.shm_stage_us = env_knob(kShmStage, c.cost.shm_stage_us);
-  c.cost.shm_gbps = env_knob(kShmGbps, c.cost.shm_gbps);
-  c.algo.chunk_bytes = o.chunk_bytes ? static_cast<size_t>(checked(kChunk, double(*o.chunk_bytes), std::to_string(*o.chunk_bytes)))
-                                     : static_cast<size_t>(env_knob(kChunk, double(c.algo.chunk_bytes)));
-  c.algo.window = static_cast<int>(env_knob(kWindow, c.algo.window));
-  c.shm_slot_bytes = static_cast<size_t>(env_knob(kSlot, double(c.shm_slot_bytes)));
-  c.hier_slot_bytes = static_cast<size_t>(env_knob(kHierSlot, double(c.hier_slot_bytes)));
-  c.shm.oneshot_bytes = static_cast<size_t>(env_knob(kOneshot, double(c.shm.oneshot_bytes)));
-  c.shm.chunk_bytes = static_cast<size_t>(env_knob(kShmChunk, double(c.shm.chunk_bytes)));
-  c.worker_idle = env_knob(kIdle, 0) != 0;
+  c.cost.alpha_us = env_knob(knobs::ALPHA_US, c.cost.alpha_us);
+  c.cost.beta_gbps = env_knob(knobs::BETA_GBPS, c.cost.beta_gbps);
+  c.cost.shm_stage_us = env_knob(knobs::SHM_STAGE_US, c.cost.shm_stage_us);
+  c.cost.shm_gbps = env_knob(knobs::SHM_GBPS, c.cost.shm_gbps);
+  c.algo.chunk_bytes = o.chunk_bytes ? static_cast<size_t>(checked(knobs::CHUNK_BYTES, double(*o.chunk_bytes), std::to_string(*o.chunk_bytes)))
+                                     : static_cast<size_t>(env_knob(knobs::CHUNK_BYTES, double(c.algo.chunk_bytes)));
+  c.algo.window = static_cast<int>(env_knob(knobs::WINDOW, c.algo.window));
+  c.shm_slot_bytes = static_cast<size_t>(env_knob(knobs::SHM_SLOT_BYTES, double(c.shm_slot_bytes)));
+  c.hier_slot_bytes = static_cast<size_t>(env_knob(knobs::HIER_SLOT_BYTES, double(c.hier_slot_bytes)));
+  c.shm.oneshot_bytes = static_cast<size_t>(env_knob(knobs::SHM_ONESHOT_BYTES, double(c.shm.oneshot_bytes)));
+  c.shm.chunk_bytes = static_cast<size_t>(env_knob(knobs::SHM_CHUNK_BYTES, double(c.shm.chunk_bytes)));
+  c.worker_idle = env_knob(knobs::WORKER_IDLE, 0) != 0;
   // Slots are rounded up to pages; a one-shot message must fit one slot, with two ranks twice
   // the threshold (shm_allreduce), so the threshold is at most half a slot.
   const size_t slot = (c.shm_slot_bytes + 4095) & ~size_t(4095);
   if (2 * c.shm.oneshot_bytes > slot)
-    throw value_error("fastallreduce: FASTALLREDUCE_SHM_ONESHOT_BYTES=" + std::to_string(c.shm.oneshot_bytes) +
-                      " must be at most half of FASTALLREDUCE_SHM_SLOT_BYTES (" + std::to_string(slot) + ")");
+    throw value_error(std::string("fastallreduce: ") + knobs::SHM_ONESHOT_BYTES.name + "=" +
+                      std::to_string(c.shm.oneshot_bytes) + " must be at most half of " + knobs::SHM_SLOT_BYTES.name +
+                      " (" + std::to_string(slot) + ")");
   return c;
 }
 

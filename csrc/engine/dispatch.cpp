@@ -16,6 +16,7 @@
 #include "algorithms/hierarchical.h"
 #include "algorithms/shm_collectives.h"
 #include "common/aten.h"
+#include "common/knobs.h"
 #include "common/errors.h"
 #include "engine/communicator.h"
 
@@ -34,7 +35,7 @@ const char* record_name(Kind k) {
 
 bool debug_log() {
   static const bool on = [] {
-    const char* v = std::getenv("FASTALLREDUCE_LOG");
+    const char* v = std::getenv(knobs::LOG);
     return v && (std::strcmp(v, "debug") == 0 || std::strcmp(v, "DEBUG") == 0);
   }();
   return on;

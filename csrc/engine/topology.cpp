@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "common/knobs.h"
+
 namespace far {
 namespace {
 
@@ -38,7 +40,7 @@ Topology discover_topology(c10d::Store& store, int rank, int size, const std::op
                            std::chrono::milliseconds wait) {
   std::string id = override_id ? *override_id : "";
   if (id.empty()) {
-    const char* env = std::getenv("FASTALLREDUCE_HOST_ID");
+    const char* env = std::getenv(knobs::HOST_ID);
     id = env && *env ? env : host_identity();
   }
   const std::string mine = std::to_string(getpid()) + "|" + id;

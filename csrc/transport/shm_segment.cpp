@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "common/knobs.h"
 
 namespace far {
 namespace {
@@ -101,7 +102,7 @@ void* map_peer_segment(const std::string& name, size_t bytes, int local_rank) {
 }
 
 void failpoint(const char* name) {
-  const char* fp = std::getenv("FASTALLREDUCE_FAILPOINT");
+  const char* fp = std::getenv(knobs::FAILPOINT);
   if (fp && std::strcmp(fp, name) == 0) _exit(86);
 }
 

@@ -50,9 +50,9 @@ import torch
 from ..launch import LaunchedRanks, launched_by_torchrun
 # The harness, inputs and report, re-exported: this module is the benchmark's public face
 # (``fastallreduce.bench.allreduce_bw.run`` etc.), whichever file a name lives in.
-from .allreduce_check import (BACKEND, DIST_IMPLS, DTYPES, OPS, REFERENCE, _tile, count_wrong,  # noqa: F401
+from .allreduce_check import (BACKEND, DIST_IMPLS, DTYPES, OPS, REFERENCE, count_wrong, tile,  # noqa: F401
                               expected_period, make_input)
-from .allreduce_harness import DEFAULT_NRANKS, _pg_timeout_s, run, sizes_from  # noqa: F401
+from .allreduce_harness import DEFAULT_NRANKS, pg_timeout_s, run, sizes_from  # noqa: F401
 from .allreduce_report import format_tables, human_size, plot, total_wrong  # noqa: F401
 
 __all__ = ["main", "build_parser", "parse_size", "run", "sizes_from", "format_tables", "plot", "total_wrong",
@@ -153,7 +153,7 @@ def _main_launched(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # as the spawned ranks: the ranks share the cores
-    dist.init_process_group(args.dist_backend, timeout=timedelta(seconds=_pg_timeout_s(args)))
+    dist.init_process_group(args.dist_backend, timeout=timedelta(seconds=pg_timeout_s(args)))
     try:
         with LaunchedRanks() as ranks:
             if not ranks.is_driver:

@@ -55,14 +55,15 @@ def _rank_period(rank: int, dtype: torch.dtype, op: str) -> list[int]:
     return [vals[(j + 3 * rank) % _PERIOD] for j in range(_PERIOD)]
 
 
-def _tile(period: torch.Tensor, count: int) -> torch.Tensor:
+def tile(period: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` elements of ``period`` repeated (the whole input or expected result)."""
     reps = count // _PERIOD + 1
     return period.repeat(reps)[:count].contiguous()
 
 
 def make_input(rank: int, count: int, dtype: torch.dtype, op: str) -> torch.Tensor:
     """Rank ``rank``'s input: a period-7 integer pattern shifted by rank."""
-    return _tile(torch.tensor(_rank_period(rank, dtype, op), dtype=dtype), count)
+    return tile(torch.tensor(_rank_period(rank, dtype, op), dtype=dtype), count)
 
 
 def expected_period(world: int, dtype: torch.dtype, op: str) -> torch.Tensor:

@@ -1,9 +1,6 @@
-"""The allreduce benchmark's harness: what runs on the ranks, and the driver that runs it.
-
-On every rank (module-level functions, so that spawned rank processes can unpickle them): the
+"""The allreduce benchmark's driver; what runs on the ranks is :mod:`.allreduce_ranks` (the
 groups and communicators of each implementation, a probe that says which can run, the timed
-loops (out of place and in place, every iteration checked outside the timed region), and the
-paired loop that times the backend against the Communicator call for call.
+loops, and the paired loop that times the backend against the Communicator call for call).
 
 The driver (:func:`run`) starts the ranks for each world size (or uses a torchrun job's), asks
 each implementation for each size, takes the slowest rank's time per iteration and the median
@@ -21,8 +18,8 @@ from typing import Any, Iterator, Optional, Union
 import torch
 
 from ..launch import LaunchedRanks, RankPool
-from .allreduce_check import (BACKEND, DEEPSPEED, DIST_IMPLS, DTYPES, INPLACE_IMPLS, REFERENCE, REGISTERED, _tile,
-                              count_wrong, expected_period, make_input)
+from . import allreduce_ranks
+from .allreduce_check import BACKEND, DIST_IMPLS, DTYPES, REFERENCE, REGISTERED
 from .allreduce_report import format_tables, human_size, plot
 from .output import save_outputs
 
@@ -39,228 +36,6 @@ def sizes_from(minbytes: int, maxbytes: int, factor: int) -> list[int]:
         out.append(s)
         s *= factor
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# code that runs on the ranks
-# ---------------------------------------------------------------------------------------------
-# comms: algorithm -> Communicator; groups: implementation in DIST_IMPLS -> its process group;
-# bufs: the current size's buffers.
-_state: dict[str, Any] = {"comms": {}, "groups": {}, "bufs": None}
-
-
-def _harness_group() -> "torch.distributed.ProcessGroup":
-    """The gloo group over all ranks: gloo's reference and the barriers between measurements.
-
-    The default group when it is gloo, else one made once (collectively) and reused: the
-    harness's own synchronisation then never depends on the backend being measured.
-    """
-    from ..backend import world_group
-
-    return world_group("gloo")
-
-
-def _dist_group(impl: str) -> "torch.distributed.ProcessGroup":
-    """The process group ``impl`` (gloo or the fastallreduce backend) all_reduces on; collective on first use."""
-    from ..backend import BACKEND_NAME, world_group
-
-    g = _state["groups"].get(impl)
-    if g is None:
-        g = _harness_group() if impl == REFERENCE else world_group(BACKEND_NAME)
-        _state["groups"][impl] = g
-    return g
-
-
-def _deepspeed_setup(dtype: torch.dtype, op: str) -> None:
-    """Initialises DeepSpeed's CPU shared-memory allreduce over the default group's ranks (all on
-    this host). Raises NotImplementedError where it cannot run this dtype/op or is not installed."""
-    import os
-
-    import torch.distributed as dist
-
-    if op != "sum" or dtype not in (torch.float32, torch.bfloat16):
-        raise NotImplementedError("DeepSpeed's CPU allreduce supports float32/bfloat16 sum only")
-    if _state.get("deepspeed"):
-        return
-    try:
-        import deepspeed
-    except ImportError as e:
-        raise NotImplementedError(f"deepspeed is not installed ({e})") from None
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    os.environ.update(LOCAL_RANK=str(rank), LOCAL_SIZE=str(world), RANK=str(rank), WORLD_SIZE=str(world))
-    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
-    _state["deepspeed"] = True
-
-
-def _dist_allreduce(t: torch.Tensor, op: str, impl: str) -> None:
-    """``torch.distributed.all_reduce(t)`` in place on ``impl``'s group (see :func:`_dist_group`),
-    or DeepSpeed's allreduce for :data:`DEEPSPEED`."""
-    import torch.distributed as dist
-
-    if impl == DEEPSPEED:
-        torch.ops.deepspeed.inference_all_reduce_(t)
-        return
-    group = _state["groups"][impl]
-    if op == "avg" and impl == REFERENCE:  # gloo has no AVG: sum, then divide (part of the timed work)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-        t.div_(dist.get_world_size())
-        return
-    dist.all_reduce(t, op=getattr(dist.ReduceOp, op.upper()), group=group)
-
-
-def _rank_setup(impls: list[str], dtype_name: str, op: str, hosts: int = 0) -> dict[str, Optional[str]]:
-    """Creates the communicators and tries a tiny allreduce with each implementation.
-
-    ``hosts`` > 0 splits the ranks into that many simulated hosts (consecutive blocks) for
-    fastallreduce's topology, so that the hierarchical path can be measured on one machine.
-    Returns impl -> None when usable, or the reason it is not (NotImplementedError, ValueError...).
-    Every rank runs it with the same ``impls``: the groups it makes are made in the same order.
-    """
-    import torch.distributed as dist
-
-    import fastallreduce as far
-
-    dtype = DTYPES[dtype_name]
-    rank, world = dist.get_rank(), dist.get_world_size()
-    _harness_group()  # first, so that it exists even with --no-reference (barriers)
-    status: dict[str, Optional[str]] = {}
-    for name in impls:
-        x = make_input(rank, 2 * world + 1, dtype, op)
-        try:
-            if name in DIST_IMPLS:
-                _dist_group(name)
-                _dist_allreduce(x, op, name)
-            elif name == DEEPSPEED:
-                _deepspeed_setup(dtype, op)
-                _dist_allreduce(x, op, name)
-            else:
-                c = _state["comms"].get(name)
-                if c is None:
-                    host_id = f"simulated-host-{rank * hosts // world}" if hosts else None
-                    c = far.Communicator(algorithm="auto" if name == REGISTERED else name, host_id=host_id)
-                    _state["comms"][name] = c
-                if name == REGISTERED:
-                    x = c.empty(x.numel(), dtype=dtype).copy_(x)
-                c.allreduce(x, op=op)
-            bad = count_wrong(x, _tile(expected_period(world, dtype, op), x.numel()), op)
-            status[name] = None if bad == 0 else f"probe gave {bad} wrong elements"
-        except (NotImplementedError, ValueError, TypeError, RuntimeError) as e:
-            status[name] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            _state["comms"].pop(name, None)
-    return status
-
-
-def _buffers(count: int, dtype: torch.dtype, op: str) -> dict[str, torch.Tensor]:
-    """Input, work buffer and expected result for this size, reused by every implementation."""
-    import torch.distributed as dist
-
-    key = (count, dtype, op)
-    b = _state["bufs"]
-    if b is None or b["key"] != key:
-        _state["bufs"] = None  # free the previous size's buffers before allocating the next
-        rank, world = dist.get_rank(), dist.get_world_size()
-        inp = make_input(rank, count, dtype, op)
-        work = torch.empty_like(inp)
-        work.copy_(inp)  # first touch outside the timed region
-        b = {"key": key, "inp": inp, "work": work,
-             "expected": _tile(expected_period(world, dtype, op), count)}
-        comm = _state["comms"].get(REGISTERED)
-        if comm is not None:  # the registered implementation's work buffer
-            b["registered"] = comm.empty(count, dtype=dtype).copy_(inp)
-        _state["bufs"] = b
-    return b
-
-
-def _rank_measure(impl: str, count: int, dtype_name: str, op: str, warmup: int, iters: int,
-                  check_every: bool) -> dict[str, Any]:
-    """Times ``iters`` out-of-place and ``iters`` in-place allreduces of ``count`` elements on this rank."""
-    import torch.distributed as dist
-
-    dtype = DTYPES[dtype_name]
-    b = _buffers(count, dtype, op)
-    inp, work, expected = b["inp"], b["work"], b["expected"]
-    if impl == REGISTERED:
-        work = b["registered"]
-    comm = None if impl in INPLACE_IMPLS else _state["comms"][impl]
-    result: dict[str, Any] = {}
-    for mode in ("oop", "ip"):
-        def once() -> float:
-            if mode == "ip":
-                work.copy_(inp)  # fresh input, outside the timed region
-            t0 = time.perf_counter()
-            if comm is None:
-                if mode == "oop":  # no out-of-place all_reduce: copy, then reduce
-                    work.copy_(inp)
-                _dist_allreduce(work, op, impl)
-            elif mode == "oop":
-                comm.allreduce(inp, op=op, out=work)
-            else:
-                comm.allreduce(work, op=op)
-            return time.perf_counter() - t0
-
-        wrong = 0
-        for _ in range(warmup):
-            once()
-            if check_every:
-                wrong += count_wrong(work, expected, op)
-        dist.barrier(group=_harness_group())
-        times = []
-        for _ in range(iters):
-            times.append(once())
-            if check_every:
-                wrong += count_wrong(work, expected, op)
-        if not check_every:
-            once()
-            wrong += count_wrong(work, expected, op)
-        if mode == "oop" and comm is not None and not torch.equal(inp, make_input(dist.get_rank(), count, dtype, op)):
-            wrong += count_wrong(inp, make_input(dist.get_rank(), count, dtype, op), "sum")
-        result[mode] = {"times": times, "wrong": wrong}
-        if comm is not None:
-            result[mode]["algorithm"] = comm.last_algorithm
-    return result
-
-
-def _rank_paired(count: int, dtype_name: str, op: str, iters: int, other: str = BACKEND) -> dict[str, list[float]]:
-    """``other`` against the Communicator (auto, ordinary tensors), in place, call for call: each
-    iteration times one ``comm.allreduce`` and one call of ``other`` (``dist.all_reduce`` on the
-    backend group, or the Communicator on its registered buffer), in alternating order, each on a
-    fresh copy of the input, so that drift in a shared machine's load and cache state hit both
-    alike."""
-    import torch.distributed as dist
-
-    b = _buffers(count, DTYPES[dtype_name], op)
-    inp, work = b["inp"], b["work"]
-    comm = _state["comms"]["auto"]
-    if other == REGISTERED:
-        reg, reg_comm = b["registered"], _state["comms"][REGISTERED]
-        run_other = lambda: reg_comm.allreduce(reg, op=op)  # noqa: E731
-    else:
-        reg, run_other = work, lambda: _dist_allreduce(work, op, BACKEND)  # noqa: E731
-    calls = {"auto": (work, lambda: comm.allreduce(work, op=op)), other: (reg, run_other)}
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for i in range(iters):
-        dist.barrier(group=_harness_group())
-        for name in (("auto", other) if i % 2 == 0 else (other, "auto")):
-            buf, call = calls[name]
-            buf.copy_(inp)
-            t0 = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def _rank_teardown() -> None:
-    for c in _state["comms"].values():
-        try:
-            c.close()
-        except Exception:  # noqa: BLE001 - teardown is best effort
-            pass
-    _state["comms"].clear()
-    # The groups stay alive (fastallreduce.backend.world_group caches them): making them again
-    # would be another collective set-up for nothing.
-    _state["groups"].clear()
-    _state["bufs"] = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +62,7 @@ def _summarise(per_rank: list[dict], nbytes: int, world: int) -> dict[str, Any]:
 
 
 def _merge_blocks(a: list[dict], b: list[dict]) -> list[dict]:
-    """Per rank, the iterations of two blocks of :func:`_rank_measure` as one."""
+    """Per rank, the iterations of two blocks of :func:`.allreduce_ranks.measure` as one."""
     out = []
     for ra, rb in zip(a, b):
         r = {}
@@ -389,12 +164,13 @@ def _ranks(world: int, args: argparse.Namespace, launched: Optional[LaunchedRank
         yield launched  # closed by whoever launched it, after the whole run
         return
     # One thread per rank: ranks share the cores; fastallreduce sizes its own kernel threads.
-    with RankPool(world, threads=1, start_timeout=300.0, pg_timeout_s=_pg_timeout_s(args),
+    with RankPool(world, threads=1, start_timeout=300.0, pg_timeout_s=pg_timeout_s(args),
                   backend=args.dist_backend) as pool:
         yield pool
 
 
-def _pg_timeout_s(args: argparse.Namespace) -> float:
+def pg_timeout_s(args: argparse.Namespace) -> float:
+    """The rank pool's process-group timeout for these arguments (never below 120 s)."""
     return max(120.0, args.timeout)
 
 
@@ -404,7 +180,7 @@ def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, arg
         progress.set_description(f"allreduce_bw {world} ranks: starting")
     run_: dict[str, Any] = {"nranks": world, "skipped": {}, "notes": [], "results": {}}
     with _ranks(world, args, launched) as pool:
-        status_per_rank = pool.run(_rank_setup, impls, args.datatype, args.op, args.hosts, timeout=args.timeout)
+        status_per_rank = pool.run(allreduce_ranks.setup, impls, args.datatype, args.op, args.hosts, timeout=args.timeout)
         usable = []
         for name in impls:
             reasons = {s[name] for s in status_per_rank}
@@ -428,7 +204,7 @@ def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, arg
                 for name in (usable if rnd % 2 == 0 else usable[::-1]):
                     if progress is not None:
                         progress.set_description(f"allreduce_bw {world} ranks {human_size(nbytes)} {name}")
-                    per_rank = pool.run(_rank_measure, name, count, args.datatype, args.op, args.warmup_iters,
+                    per_rank = pool.run(allreduce_ranks.measure, name, count, args.datatype, args.op, args.warmup_iters,
                                         args.iters, bool(args.check), timeout=args.timeout)
                     measured[name] = per_rank if rnd == 0 else _merge_blocks(measured[name], per_rank)
             for name in usable:
@@ -445,11 +221,11 @@ def _run_world(world: int, impls: list[str], counts: list[int], elsize: int, arg
             for other in (BACKEND, REGISTERED):
                 if other not in usable or "auto" not in usable:
                     continue
-                per_rank = pool.run(_rank_paired, count, args.datatype, args.op, max(2 * args.iters, 20), other,
+                per_rank = pool.run(allreduce_ranks.paired, count, args.datatype, args.op, max(2 * args.iters, 20), other,
                                     timeout=args.timeout)
                 med = {k: statistics.median(max(ts) for ts in zip(*(r[k] for r in per_rank))) for k in per_rank[0]}
                 run_["results"][other][-1]["ip"]["time_vs_communicator"] = med[other] / med["auto"]
-        pool.run(_rank_teardown, timeout=60)
+        pool.run(allreduce_ranks.teardown, timeout=60)
     ref = run_["results"].get(REFERENCE)
     if ref:
         for name, rows in run_["results"].items():

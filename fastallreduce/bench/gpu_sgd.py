@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..optim import SGD
-from ..optim.cuda import _HAS_KERNEL
+from ..optim.cuda import HAS_KERNEL
 from .sgd_step import BYTES_PER_PARAM, hyperparameters, make_params
 
 __all__ = ["run", "main"]
@@ -72,7 +72,7 @@ def run(rounds: int = 15, per_round: int = 5, warmup: int = 3) -> dict[str, Any]
     hp = hyperparameters()
     impls: dict[str, Any] = {"torch fused=True": lambda ps: torch.optim.SGD(ps, fused=True, **hp),
                              "fastallreduce default (torch path)": lambda ps: SGD(ps, cuda_sgd="torch", **hp)}
-    if _HAS_KERNEL:
+    if HAS_KERNEL:
         impls["fastallreduce kernel"] = lambda ps: SGD(ps, cuda_sgd="kernel", **hp)
         impls["fastallreduce kernel, lr in momentum"] = lambda ps: SGD(ps, cuda_sgd="kernel", lr_in_momentum=True, **hp)
     impls["fastallreduce foreach, lr in momentum"] = lambda ps: SGD(ps, cuda_sgd="torch", lr_in_momentum=True, **hp)

@@ -14,7 +14,7 @@ from ..bench.output import save_outputs
 from .data import FASHION_MNIST_DIR, check_data, default_data, train_count
 from .report import PAPER, SETTINGS, conclusions, finding_pairs, format_table, plain_words, plot, summarise
 from .sweep import format_sweep, plot_sweep, summarise_sweep, sweep_conclusions
-from .worker import _worker_epoch, _worker_finish, _worker_setup, milestones_for
+from .worker import worker_epoch, worker_finish, worker_setup, milestones_for
 
 # Setting -> WarmupSchedule's warmup argument.
 _WARMUP_OF = {"baseline": None, "no warmup": None, "constant warmup": "constant", "gradual warmup": "gradual"}
@@ -261,12 +261,12 @@ def _train(pool: Any, job: dict[str, Any], args: argparse.Namespace, base_miniba
            "base_lr": args.base_lr, "base_minibatch": base_minibatch, "weight_decay": args.weight_decay,
            "warmup": _WARMUP_OF[job["setting"]], "warmup_epochs": warmup_epochs, "epochs": args.epochs,
            "data": args.data, "quick": args.quick, "comm": args.comm, "train_size": args.train_size}
-    info = pool.run(_worker_setup, cfg, timeout=args.timeout)[0]
+    info = pool.run(worker_setup, cfg, timeout=args.timeout)[0]
     curve = []
     for epoch in range(args.epochs):
         if progress is not None:
             progress.set_description(f"{job['setting']} x{job['multiplier']} seed {job['seed']}")
-        per_rank = pool.run(_worker_epoch, epoch, timeout=args.timeout)
+        per_rank = pool.run(worker_epoch, epoch, timeout=args.timeout)
         e = dict(per_rank[0])
         # Time of an epoch = the slowest worker's; exposed comm likewise.
         for k in ("train_s", "cpu_s", "comm_s", "exposed_s"):
@@ -275,7 +275,7 @@ def _train(pool: Any, job: dict[str, Any], args: argparse.Namespace, base_miniba
         if progress is not None:
             progress.set_postfix(loss=f"{e['train_loss']:.3f}", err=f"{e['test_error']:.2f}%")
             progress.update(1)
-    pool.run(_worker_finish, timeout=60)
+    pool.run(worker_finish, timeout=60)
     return {**job, **info, "curve": curve, "final_error": curve[-1]["test_error"],
             "wall_s": sum(e["train_s"] for e in curve), "cpu_s": sum(e["cpu_s"] for e in curve),
             "comm_s": sum(e["comm_s"] for e in curve),

@@ -24,7 +24,7 @@ def milestones_for(epochs: int) -> tuple[int, ...]:
 _w: dict[str, Any] = {}
 
 
-def _worker_setup(cfg: dict[str, Any]) -> dict[str, Any]:
+def worker_setup(cfg: dict[str, Any]) -> dict[str, Any]:
     """Builds data, model, DDP with the fastallreduce hook, optimizer and schedule for one run."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -68,7 +68,7 @@ def _worker_setup(cfg: dict[str, Any]) -> dict[str, Any]:
             "test_size": len(_w["data"]["yte"]), "params": sum(p.numel() for p in model.parameters())}
 
 
-def _worker_epoch(epoch: int) -> dict[str, Any]:
+def worker_epoch(epoch: int) -> dict[str, Any]:
     """One epoch: one shuffle shared by all workers, split into per-worker batches of n; then test."""
     import torch.distributed as dist
 
@@ -129,6 +129,6 @@ def _worker_epoch(epoch: int) -> dict[str, Any]:
             "lr_max": max(lrs)}
 
 
-def _worker_finish() -> None:
+def worker_finish() -> None:
     for k in ("model", "ddp", "state", "opt", "sched"):
         _w.pop(k, None)

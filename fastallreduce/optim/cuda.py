@@ -8,19 +8,19 @@
 * ``kernel``: fastallreduce's own CUDA kernel (``csrc/cuda/sgd_kernel.cu``), one launch per
   parameter group for both forms. It stays opt-in until it has passed its GPU tests on a GPU.
 """
-import os
 from typing import List, Optional
 
 import torch
 from torch import Tensor
 from torch.optim.sgd import sgd as torch_sgd
 
-from .. import _C
+from .. import _C, knobs
 
 #: The CUDA paths, by the name ``FASTALLREDUCE_CUDA_SGD`` / ``cuda_sgd`` takes.
-CUDA_SGD_PATHS = ("torch", "kernel")
 ENV = "FASTALLREDUCE_CUDA_SGD"
-_HAS_KERNEL = hasattr(_C, "sgd_step_cuda")
+CUDA_SGD_PATHS = knobs.knob(ENV).choices
+#: Whether this build has our CUDA SGD kernel (a CUDA build of the extension).
+HAS_KERNEL = hasattr(_C, "sgd_step_cuda")
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -29,11 +29,13 @@ def cuda_sgd_path(choice: Optional[str] = None) -> str:
 
     Raises ValueError for an unknown name, RuntimeError for ``kernel`` in a build without CUDA.
     """
-    name = (choice if choice is not None else os.environ.get(ENV, "torch")).strip().lower()
-    if name not in CUDA_SGD_PATHS:
-        what = "cuda_sgd" if choice is not None else ENV
-        raise ValueError(f"fastallreduce: {what}={name!r}; choose from {CUDA_SGD_PATHS}")
-    if name == "kernel" and not _HAS_KERNEL:
+    if choice is None:
+        name = str(knobs.value(ENV))  # ValueError naming the variable when it is not a path
+    else:
+        name = choice.strip().lower()
+        if name not in CUDA_SGD_PATHS:
+            raise ValueError(f"fastallreduce: cuda_sgd={name!r}; choose from {CUDA_SGD_PATHS}")
+    if name == "kernel" and not HAS_KERNEL:
         raise RuntimeError("fastallreduce: the CUDA SGD kernel was asked for, but this build has no CUDA sources "
                            "(rebuild with torch's CUDA build and nvcc, FASTALLREDUCE_CUDA=1)")
     return name
