@@ -33,7 +33,6 @@ import torch
 import torch.distributed as dist
 
 from . import _C, _groups, knobs
-from .communicator import ALGORITHMS
 
 #: The name to pass to ``torch.distributed.init_process_group``.
 BACKEND_NAME = "fastallreduce"
@@ -55,8 +54,7 @@ def create_backend(store: dist.Store, rank: int, size: int, timeout: timedelta) 
     except ValueError as e:
         name, error = "auto", str(e)
     nccl = _groups.nccl_group if dist.is_nccl_available() else None  # made at the first CUDA call, if any
-    code = ALGORITHMS.index(name)
-    return _C.FastAllreduceBackend(store, rank, size, _groups.timeout_ms(timeout), code, _groups.gloo_group,
+    return _C.FastAllreduceBackend(store, rank, size, _groups.timeout_ms(timeout), name, _groups.gloo_group,
                                    local_error=error, make_nccl=nccl)
 
 

@@ -28,19 +28,13 @@ if str(knobs.value("FASTALLREDUCE_LOG")).lower() == "debug":
     logging.basicConfig()
     log.setLevel(logging.DEBUG)
 
-#: Algorithm names accepted by ``Communicator(algorithm=...)`` and ``allreduce(algorithm=...)``.
-ALGORITHMS = ("auto", "ring", "halving_doubling", "shm", "hierarchical")
-_ALGO_CODE = {name: i for i, name in enumerate(ALGORITHMS)}
+#: Algorithm names accepted by ``Communicator(algorithm=...)`` and ``allreduce(algorithm=...)``
+#: (the engine's :class:`fastallreduce._C.Algo`; its members are accepted too).
+ALGORITHMS = tuple(_C.Algo.__members__)
 
-#: Reduce ops accepted as strings; torch.distributed.ReduceOp values work too.
-OPS = ("sum", "avg", "product", "max", "min")
-_OP_CODE: dict[Any, int] = {name: i for i, name in enumerate(OPS)}
-_OP_CODE.update({dist.ReduceOp.SUM: 0, dist.ReduceOp.AVG: 1, dist.ReduceOp.PRODUCT: 2,
-                 dist.ReduceOp.MAX: 3, dist.ReduceOp.MIN: 4})
-
-# Collective codes of the engine (csrc/common/types.h, Kind).
-_KIND_ALLREDUCE, _KIND_ALLGATHER, _KIND_REDUCE_SCATTER, _KIND_BROADCAST = 0, 1, 2, 3
-
+#: Reduce ops accepted as strings (the engine's :class:`fastallreduce._C.Op`); its members and
+#: torch.distributed.ReduceOp values work too.
+OPS = tuple(_C.Op.__members__)
 
 _live: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
 _live_lock = threading.Lock()
@@ -51,25 +45,6 @@ def host_identity() -> str:
     """This host's identity as the engine sees it: hostname, kernel boot id, pid namespace and
     the device of /dev/shm (processes that share all four can share memory)."""
     return _C.host_identity()
-
-
-def _op_code(op: Any) -> int:
-    try:
-        return _OP_CODE[op]
-    except (KeyError, TypeError):
-        pass
-    if isinstance(op, dist.ReduceOp):  # a ReduceOp instance rather than the RedOpType value
-        for k, v in _OP_CODE.items():
-            if not isinstance(k, str) and op == k:
-                return v
-    raise ValueError(f"fastallreduce: unsupported reduce op {op!r}; use one of {OPS} or the matching torch.distributed.ReduceOp")
-
-
-def _algo_code(name: str) -> int:
-    try:
-        return _ALGO_CODE[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"fastallreduce: unknown algorithm {name!r}; choose from {ALGORITHMS}") from None
 
 
 class Communicator(RegisteredBuffers):
@@ -149,33 +124,13 @@ class Communicator(RegisteredBuffers):
 
     def _start(self, store: dist.Store, rank: int, size: int, algorithm: str, timeout: Any,
                chunk_bytes: Any, host_id: Optional[str], uid: str) -> None:
-        # Arguments are checked here, but an error is raised only after every rank has heard of
-        # it: the engine's constructor agrees on the configuration, and this rank's invalid one
-        # must fail every rank's constructor rather than leave the others waiting.
-        timeout_ms: Optional[int] = None
-        error, local_exc = "", None
-        try:
-            if algorithm not in _ALGO_CODE:
-                raise ValueError(f"fastallreduce: unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
-            if not isinstance(timeout, timedelta):
-                raise TypeError(f"fastallreduce: timeout must be a datetime.timedelta, got {type(timeout).__name__}")
-            timeout_ms = int(timeout / timedelta(milliseconds=1))
-            if chunk_bytes is not None and (not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool)):
-                raise TypeError(f"fastallreduce: chunk_bytes must be an int, got {chunk_bytes!r}")
-        except (TypeError, ValueError) as e:
-            error, local_exc = str(e), e
-        try:
-            nccl = None  # made at the first CUDA call, if any
-            if dist.is_nccl_available():
-                nccl = lambda *args: _groups.nccl_group(*args, name=f"fastallreduce-{uid}")  # noqa: E731
-            self._c = _C.Communicator(store, rank, size, _groups.gloo_group, timeout_ms=timeout_ms,
-                                      chunk_bytes=chunk_bytes if local_exc is None else None,
-                                      host_id=host_id, name=uid, local_error=error, make_nccl=nccl)
-        except ValueError:
-            if local_exc is not None:
-                raise local_exc from None  # this rank's own error, as the type it was
-            raise
-        self.algorithm = algorithm
+        # The engine checks the arguments (one rank's invalid one fails every rank's constructor).
+        nccl = None  # made at the first CUDA call, if any
+        if dist.is_nccl_available():
+            nccl = lambda *args: _groups.nccl_group(*args, name=f"fastallreduce-{uid}")  # noqa: E731
+        self._c = _C.Communicator(store, rank, size, _groups.gloo_group, timeout=timeout, chunk_bytes=chunk_bytes,
+                                  algorithm=algorithm, host_id=host_id, name=uid, make_nccl=nccl)
+        self.algorithm = algorithm.name if isinstance(algorithm, _C.Algo) else algorithm
         self.timeout = timedelta(milliseconds=self._c.config["timeout_ms"])
         self.uid = uid
         self.rank, self.size = rank, size
@@ -184,11 +139,7 @@ class Communicator(RegisteredBuffers):
         self.num_hosts = self._c.num_hosts
         self.uniform_hosts = self._c.uniform_hosts
         self.config = dict(self._c.config)
-        if algorithm != "auto" and not self._c.supports(_ALGO_CODE[algorithm]):
-            self._c.close()  # the topology is the same on every rank: every rank raises here
-            raise ValueError(f"fastallreduce: algorithm={algorithm!r} cannot run on this topology "
-                             f"({self.num_hosts} hosts); 'shm' needs every rank on one host")
-        self._algo = _ALGO_CODE[algorithm]
+        self._algo = algorithm if isinstance(algorithm, _C.Algo) else _C.Algo.__members__[algorithm]
         with _live_lock:
             _live.add(self)
         log.debug("Communicator rank %d/%d hosts=%d local=%s algorithm=%s cfg=%s", self.rank, self.size,
@@ -222,7 +173,7 @@ class Communicator(RegisteredBuffers):
         algorithm: one of :data:`ALGORITHMS` for this call instead of the communicator's own; every
         rank must pass the same (a difference is a :class:`MismatchError`).
         """
-        return self._run(_KIND_ALLREDUCE, tensor, out, op, 0, self._algo if algorithm is None else algorithm, async_op)
+        return self._run(_C.Kind.allreduce, tensor, out, op, 0, self._algo if algorithm is None else algorithm, async_op)
 
     all_reduce = allreduce  # torch.distributed's spelling
 
@@ -239,7 +190,7 @@ class Communicator(RegisteredBuffers):
 
         Returns ``tensor``, or with ``async_op=True`` a Future that completes with it.
         """
-        return self._run(_KIND_BROADCAST, tensor, None, "sum", src, self._algo, async_op)
+        return self._run(_C.Kind.broadcast, tensor, None, "sum", src, self._algo, async_op)
 
     @overload
     def all_gather(self, output: torch.Tensor, input: torch.Tensor, *,
@@ -255,7 +206,7 @@ class Communicator(RegisteredBuffers):
         which must hold ``size * input.numel()`` elements of the same dtype (the layout of
         ``torch.distributed.all_gather_into_tensor``). Returns ``output`` (or a Future of it).
         """
-        return self._run(_KIND_ALLGATHER, input, output, "sum", 0, self._algo, async_op)
+        return self._run(_C.Kind.allgather, input, output, "sum", 0, self._algo, async_op)
 
     @overload
     def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor, op: Union[str, dist.ReduceOp] = ..., *,
@@ -271,9 +222,9 @@ class Communicator(RegisteredBuffers):
         leaves block ``rank`` of the result in ``output`` (the layout of
         ``torch.distributed.reduce_scatter_tensor``). Returns ``output`` (or a Future of it).
         """
-        return self._run(_KIND_REDUCE_SCATTER, input, output, op, 0, self._algo, async_op)
+        return self._run(_C.Kind.reduce_scatter, input, output, op, 0, self._algo, async_op)
 
-    def _run(self, kind: int, input: Any, output: Any, op: Any, root: Any, algo: Any, async_op: bool):
+    def _run(self, kind: "_C.Kind", input: Any, output: Any, op: Any, root: Any, algo: Any, async_op: bool):
         # The object the result is written into, given back as it was given (arrays.py).
         result = output if output is not None else input
         try:
@@ -281,15 +232,12 @@ class Communicator(RegisteredBuffers):
             if output is not None:
                 output, out_array = as_tensor(output, "output", written=True)
                 from_array = from_array or out_array
-            if not isinstance(root, int) or isinstance(root, bool):
-                raise TypeError(f"fastallreduce: src must be an int, got {type(root).__name__}")
-            code = _op_code(op)
-            algo = algo if isinstance(algo, int) else _algo_code(algo)
         except (TypeError, ValueError) as e:
             # Rejected here: the engine takes the call's number and tells the peers that made it.
             self._c.reject(type(e) is TypeError, str(e))
             raise
-        done = self._c.run(kind, input, output, code, root, algo, bool(async_op))
+        # The engine checks op, root and algorithm (rejecting the call on every rank if one is bad).
+        done = self._c.run(kind, input, output, op, root, algo, bool(async_op))
         if not from_array or isinstance(result, torch.Tensor):
             return done
         return ArrayFuture(done, result) if async_op else result

@@ -35,11 +35,12 @@ class Knob:
     choices: Tuple[str, ...] = ()   # the values of "choice" (case-insensitive)
     shown_default: str = ""         # the default as the tables show it, when not the raw value
     user: bool = True               # in the README's table (False: for developers of fastallreduce)
+    shared: bool = False            # agreed across ranks although another reader reads it
 
     @property
     def agreed(self) -> bool:
-        """Whether every rank must use the same value (the engine takes rank 0's)."""
-        return self.reader == "engine"
+        """Whether every rank uses the same value (the engine takes rank 0's)."""
+        return self.reader == "engine" or self.shared
 
     @property
     def key(self) -> str:
@@ -81,7 +82,7 @@ KNOBS: Tuple[Knob, ...] = (
          "engine-local", shown_default="none", user=False),
     # The Python package.
     Knob("FASTALLREDUCE_BACKEND_ALGORITHM", "choice", "auto", "the torch backend's engine algorithm",
-         "python", choices=("auto", "ring", "halving_doubling", "shm", "hierarchical")),
+         "python", choices=("auto", "ring", "halving_doubling", "shm", "hierarchical"), shared=True),
     Knob("FASTALLREDUCE_CUDA_SGD", "choice", "torch",
          "`SGD`'s CUDA path: `torch` (torch's fused / foreach SGD) or `kernel` (ours)", "python",
          choices=("torch", "kernel")),

@@ -1,6 +1,5 @@
 """Registered-buffer scenarios run on the ranks of a RankPool."""
 import gc
-import glob
 import hashlib
 import os
 import signal
@@ -11,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 import fastallreduce as far
+from shm_segments import segments_of
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16, "int64": torch.int64}
@@ -130,13 +130,6 @@ def _group_pids():
     return pids
 
 
-def _our_segments(pids):
-    """Segments in /dev/shm created by these processes (the pid is the name's third field from
-    the end: fastallreduce_<tag>_<pidns>_<pid>_<rank>_<random>)."""
-    names = [os.path.basename(p) for p in glob.glob("/dev/shm/fastallreduce_*")]
-    return sorted(n for n in names if n.split("_")[-3] in {str(p) for p in pids})
-
-
 def released(how):
     """Registered buffers used in zero-copy calls, then the communicator ends (`how`: close,
     abort on rank 0, or rank 1 killed inside a call). Returns what the call raised, the
@@ -168,7 +161,7 @@ def released(how):
     except Exception as e:  # noqa: BLE001
         err = type(e).__name__ + ": " + str(e)
     c.close()
-    segments = _our_segments(pids)
+    segments = segments_of(pids)
     ts[0].add_(1.0)  # still valid memory after the communicator
     usable = float(ts[0][0])
     del c
@@ -196,7 +189,7 @@ def killed_while_registering():
         c.allreduce(t)
     except Exception as e:  # noqa: BLE001
         err = type(e).__name__ + ": " + str(e)
-    segments = _our_segments(pids)
+    segments = segments_of(pids)
     c.close()
     del c, t
     gc.collect()
@@ -282,7 +275,7 @@ def construct_with_small_shm(limited_rank: int):
     import time
 
     pids = _group_pids()
-    before = set(_our_segments(pids) + _our_maps())  # an earlier case's, still alive in this process
+    before = set(segments_of(pids) + _our_maps())  # an earlier case's, still alive in this process
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     if dist.get_rank() == limited_rank:  # Python ignores SIGXFSZ: the allocation fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, limit[1]))
@@ -297,4 +290,4 @@ def construct_with_small_shm(limited_rank: int):
         resource.setrlimit(resource.RLIMIT_FSIZE, limit)
     seconds = time.monotonic() - t0
     dist.barrier()
-    return err, msg, seconds, sorted(set(_our_segments(pids) + _our_maps()) - before)
+    return err, msg, seconds, sorted(set(segments_of(pids) + _our_maps()) - before)

@@ -9,10 +9,9 @@ import pytest
 
 import fault_cases as fc
 from fastallreduce.launch import RankPool
+from shm_segments import segments_of
 
 
-def _shm_segments():
-    return sorted(f for f in os.listdir("/dev/shm") if f.startswith("fastallreduce_"))
 
 
 def test_bad_inputs(pool):
@@ -66,7 +65,6 @@ def test_rank_that_stops_calling_times_out(pool, algorithm):
 
 @pytest.mark.parametrize("algorithm", ["ring", "shm", "hierarchical"])
 def test_kill_9_in_the_middle(algorithm):
-    before = _shm_segments()
     p = RankPool(3)
     try:
         for c in p.conns:
@@ -78,7 +76,7 @@ def test_kill_9_in_the_middle(algorithm):
         kind, msg, took = res[r]
         assert kind in ("CommError", "CommTimeoutError"), res[r]
         assert took < 30, res[r]
-    assert _shm_segments() == before
+    assert segments_of(p.pids) == []
 
 
 def test_default_timeout_is_the_groups(pool):
@@ -92,7 +90,6 @@ def test_peer_exit_raises_ours_and_aborts(hosts, victim):
     """A peer's process exits between collectives (its connections close): every other rank's
     next allreduce raises one of our errors naming the peer, never the transport's own, well
     before the timeout; the communicator is aborted on every rank, and nothing is left in /dev/shm."""
-    before = _shm_segments()
     world, timeout_s = len(hosts), 30
     survivors = [r for r in range(world) if r != victim]
     p = RankPool(world)
@@ -109,7 +106,7 @@ def test_peer_exit_raises_ours_and_aborts(hosts, victim):
         assert took < timeout_s, res[r]
         assert aborted, res[r]
         assert second[0] == "ClosedError", res[r]
-    assert _shm_segments() == before
+    assert segments_of(p.pids) == []
 
 
 @pytest.mark.parametrize("world,hosts", [(2, None), (4, ["a", "a", "b", "b"])])
@@ -170,7 +167,6 @@ SHUTDOWN = textwrap.dedent("""
 def test_shutdown_orders_never_hang(tmp_path, order):
     script = tmp_path / "shutdown.py"
     script.write_text(SHUTDOWN)
-    before = _shm_segments()
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(RankPool.__module__ and __import__("fastallreduce.launch").launch.free_port()),
                WORLD_SIZE="2", PYTHONPATH=os.pathsep.join(sys.path))
     procs = [subprocess.Popen([sys.executable, str(script), order], env=dict(env, RANK=str(r)),
@@ -187,7 +183,7 @@ def test_shutdown_orders_never_hang(tmp_path, order):
     for rc, out, err in outs:
         assert rc == 0, err[-2000:]
         assert "done" in out
-    assert _shm_segments() == before
+    assert segments_of(p.pid for p in procs) == []
 
 
 def test_subgroup_then_world_communicators(pool):

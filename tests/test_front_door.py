@@ -12,12 +12,11 @@ import time
 import pytest
 
 import front_door_cases as fd
+from shm_segments import segments_of
 
 TIMEOUT = 120
 
 
-def _shm_segments():
-    return sorted(f for f in os.listdir("/dev/shm") if f.startswith("fastallreduce_"))
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -144,20 +143,20 @@ def test_fork_child_backend_and_exit(tmp_path):
 
 
 def test_killed_rank_segment_removed_later(pool):
-    before = set(_shm_segments())
     p = pool(2)
+    pids = list(p.pids)
     try:
         p.run(fd.killed_while_creating_segment, timeout=60)
     except Exception:  # noqa: BLE001 - rank 1 died on purpose; rank 0 raised
         pass
     p.kill()
-    leaked = [s for s in set(_shm_segments()) - before]
+    leaked = segments_of(pids)
     assert leaked, "the failpoint should leave rank 1's segment behind"
     # Unguessable names: ..._<pidns>_<pid>_<rank>_<16 hex digits>.
     assert all(re.fullmatch(r"fastallreduce_.+_\d+_\d+_\d+_[0-9a-f]{16}", s) for s in leaked), leaked
     q = pool(2)  # a fresh pool: its first communicator sweeps segments of dead creators
     q.run(fd.huge_timeout, timeout=TIMEOUT)
-    assert not set(leaked) & set(_shm_segments()), _shm_segments()
+    assert not set(leaked) & set(segments_of(pids)), segments_of(pids)
 
 
 def test_peer_segment_checks(tmp_path):

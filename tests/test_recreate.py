@@ -1,11 +1,11 @@
 """In-process restart: the backend destroyed and made again on the same store, and Communicators
 made again over one group, work every time and leave no shared-memory segment behind."""
-import os
 
 import pytest
 
 import recreate_cases as rc
 from fastallreduce.launch import RankPool, free_port
+from shm_segments import segments_of
 
 
 @pytest.mark.timeout(300)
@@ -18,6 +18,5 @@ def test_backend_recreated_on_same_store():
         assert [ok for ok, _ in r["backend"]] == [True] * 5, res
         assert [ok for ok, _ in r["communicator"]] == [True] * 3, res
         assert all(s < 20 for _, s in r["backend"] + r["communicator"]), res
-    leaked = [f for f in os.listdir("/dev/shm") if f.startswith("fastallreduce_")
-              and any(f"_{pid}_" in f for pid in pids)]
+    leaked = segments_of(pids)
     assert leaked == [], leaked

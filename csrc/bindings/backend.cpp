@@ -2,8 +2,10 @@
 #include <torch/extension.h>
 
 #include "backend/backend.h"
+#include "bindings/arguments.h"
 #include "bindings/factory.h"
 #include "bindings/registry.h"
+#include "common/errors.h"
 
 namespace py = pybind11;
 
@@ -12,15 +14,21 @@ namespace {
 
 void bind(py::module& m) {
   py::class_<FastAllreduceBackend, c10d::Backend, c10::intrusive_ptr<FastAllreduceBackend>>(m, "FastAllreduceBackend")
-      .def(py::init([](const c10::intrusive_ptr<c10d::Store>& store, int rank, int size, int64_t timeout_ms, int algo,
-                       py::function make_backend, std::string local_error, c10::optional<py::function> make_nccl) {
-             if (algo < 0 || algo >= kNumUserAlgos)
-               throw py::value_error("fastallreduce: unknown algorithm code " + std::to_string(algo));
+      .def(py::init([](const c10::intrusive_ptr<c10d::Store>& store, int rank, int size, int64_t timeout_ms,
+                       const py::object& algorithm, py::function make_backend, std::string local_error,
+                       c10::optional<py::function> make_nccl) {
+             // An invalid algorithm is published like any invalid configuration: every rank raises.
+             Algo algo = Algo::kAuto;
+             try {
+               algo = algo_argument(algorithm);
+             } catch (const ArgError& e) {
+               if (local_error.empty()) local_error = e.what();
+             }
              BackendFactory f = backend_factory(std::move(make_backend));
              BackendFactory nccl = make_nccl ? backend_factory(std::move(*make_nccl)) : BackendFactory();
              py::gil_scoped_release nogil;
              return c10::make_intrusive<FastAllreduceBackend>(store, rank, size, std::chrono::milliseconds(timeout_ms),
-                                                              static_cast<Algo>(algo), f, local_error,
+                                                              algo, f, local_error,
                                                               std::move(nccl));
            }),
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout_ms"), py::arg("algorithm"),

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "backend/without_gil.h"
+#include "bindings/arguments.h"
 #include "bindings/factory.h"
 #include "bindings/registry.h"
 #include "common/aten.h"
@@ -17,12 +18,6 @@ namespace py = pybind11;
 
 namespace far {
 namespace {
-
-template <typename E>
-E code(int v, int n, const char* what) {
-  if (v < 0 || v >= n) throw py::value_error(std::string("fastallreduce: unknown ") + what + " code " + std::to_string(v));
-  return static_cast<E>(v);
-}
 
 py::dict config_dict(const CommConfig& c) {
   py::dict d;
@@ -58,37 +53,73 @@ void bind(py::module& m) {
     }
   });
 
+  // The engine's vocabulary as Python enums, named as the engine names them.
+  py::enum_<RedOp> op_enum(m, "Op", "Reduce ops (torch.distributed.ReduceOp and these names are accepted too).");
+  for (int i = 0; i < kNumOps; ++i) op_enum.value(op_name(static_cast<RedOp>(i)), static_cast<RedOp>(i));
+  py::enum_<Algo> algo_enum(m, "Algo", "Algorithms a call or a Communicator can ask for.");
+  for (int i = 0; i < kNumUserAlgos; ++i) algo_enum.value(algo_name(static_cast<Algo>(i)), static_cast<Algo>(i));
+  py::enum_<Kind> kind_enum(m, "Kind", "The collectives the engine runs.");
+  for (int i = 0; i < kNumEngineKinds; ++i) kind_enum.value(kind_name(static_cast<Kind>(i)), static_cast<Kind>(i));
+
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
       .def(py::init([](c10::intrusive_ptr<c10d::Store> store, int rank, int size, py::function make_backend,
-                       c10::optional<int64_t> timeout_ms, c10::optional<int64_t> chunk_bytes,
-                       c10::optional<std::string> host_id, std::string name, std::string local_error,
-                       c10::optional<py::function> make_nccl) {
+                       py::object timeout, py::object chunk_bytes, py::object algorithm,
+                       c10::optional<std::string> host_id, std::string name, c10::optional<py::function> make_nccl) {
              CommOptions o;
              o.make_backend = backend_factory(std::move(make_backend));
              if (make_nccl) o.make_nccl = backend_factory(std::move(*make_nccl));
-             if (timeout_ms) o.config.timeout_ms = *timeout_ms;
-             if (chunk_bytes) o.config.chunk_bytes = *chunk_bytes;
              if (host_id) o.host_id = *host_id;
-             o.config.local_error = std::move(local_error);
              o.name = std::move(name);
-             py::gil_scoped_release nogil;
+             // This rank's argument error is published like an invalid variable, so that every
+             // rank's constructor raises; this rank raises it as the type it is.
+             std::optional<ArgError> mine;
+             Algo algo = Algo::kAuto;
+             try {
+               o.config.timeout_ms = timeout_argument(timeout);
+               o.config.chunk_bytes = chunk_bytes_argument(chunk_bytes);
+               algo = algo_argument(algorithm);
+             } catch (const ArgError& e) {
+               mine = e;
+               o.config = ConfigOverrides{};
+               o.config.local_error = e.what();
+             }
+             Communicator* c = nullptr;
+             try {
+               py::gil_scoped_release nogil;
+               c = new Communicator(std::move(store), rank, size, std::move(o));
+             } catch (const ArgError&) {
+               if (mine) throw *mine;
+               throw;
+             }
              // The last reference may drop with the GIL held (a Python object's dealloc): the
              // delete joins threads that may need the GIL (backend/without_gil.h).
-             auto* c = new Communicator(std::move(store), rank, size, std::move(o));
-             return std::shared_ptr<Communicator>(c, [](Communicator* p) { without_gil([p] { Communicator::dispose(p); }); });
+             std::shared_ptr<Communicator> comm(c, [](Communicator* p) { without_gil([p] { Communicator::dispose(p); }); });
+             if (algo != Algo::kAuto && !comm->supports(algo)) {
+               // The topology is the same on every rank: every rank raises here.
+               { py::gil_scoped_release nogil; comm->close(); }
+               throw value_error(std::string("fastallreduce: algorithm='") + algo_name(algo) +
+                                 "' cannot run on this topology (" + std::to_string(comm->topology().num_hosts) +
+                                 " hosts); 'shm' needs every rank on one host");
+             }
+             return comm;
            }),
-           py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("make_backend"), py::arg("timeout_ms") = py::none(),
-           py::arg("chunk_bytes") = py::none(), py::arg("host_id") = py::none(), py::arg("name") = "fastallreduce",
-           py::arg("local_error") = "", py::arg("make_nccl") = py::none())
+           py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("make_backend"), py::arg("timeout") = py::none(),
+           py::arg("chunk_bytes") = py::none(), py::arg("algorithm") = "auto", py::arg("host_id") = py::none(),
+           py::arg("name") = "fastallreduce", py::arg("make_nccl") = py::none())
       .def(
           "run",
-          [](Communicator& c, int kind, const at::Tensor& input, const c10::optional<at::Tensor>& output, int op,
-             int root, int algo, bool async_op) -> py::object {
+          [](Communicator& c, Kind kind, const at::Tensor& input, const c10::optional<at::Tensor>& output,
+             const py::object& op, const py::object& root, const py::object& algo, bool async_op) -> py::object {
             Collective col;
-            col.kind = code<Kind>(kind, kNumEngineKinds, "collective");
-            col.op = code<RedOp>(op, kNumOps, "reduce op");
-            col.algo = code<Algo>(algo, kNumUserAlgos, "algorithm");
-            col.root = root;
+            col.kind = kind;
+            try {
+              col.op = op_argument(op);
+              col.root = root_argument(root);
+              col.algo = algo_argument(algo);
+            } catch (const ArgError& e) {
+              c.check_usable();
+              c.reject(e);  // the peers making this call raise too
+            }
             col.input = input;
             if (output) col.output = *output;
             if (async_op)
@@ -108,6 +139,7 @@ void bind(py::module& m) {
             c.check_usable();
             c.reject(is_type_error ? type_error(message) : value_error(message));
           },
+          py::arg("is_type_error"), py::arg("message"),
           "Publishes that this rank rejects its next call (peers making it raise), then raises.")
       .def(
           "empty",
@@ -126,8 +158,9 @@ void bind(py::module& m) {
              d["registrations"] = s.registrations;
              return d;
            })
-      .def("supports", [](const Communicator& c, int algo) { return c.supports(code<Algo>(algo, kNumUserAlgos, "algorithm")); })
-      .def("choose", [](const Communicator& c, size_t bytes) { return std::string(algo_name(c.choose(bytes))); })
+      .def("supports", &Communicator::supports, py::arg("algorithm"))
+      .def("choose", [](const Communicator& c, size_t bytes) { return std::string(algo_name(c.choose(bytes))); },
+           py::arg("nbytes"))
       .def_property_readonly("last_algorithm", [](const Communicator& c) { return std::string(algo_name(c.last_algorithm())); })
       .def_property_readonly("ops_completed", &Communicator::ops_completed)
       .def_property_readonly("rank", &Communicator::rank)
@@ -145,21 +178,12 @@ void bind(py::module& m) {
       .def_property_readonly("abort_reason", &Communicator::abort_reason)
       .def("check_usable", &Communicator::check_usable)
       .def("close", &Communicator::close, py::call_guard<py::gil_scoped_release>())
-      .def("abort", &Communicator::abort, py::call_guard<py::gil_scoped_release>());
+      .def("abort", &Communicator::abort, py::arg("reason"), py::call_guard<py::gil_scoped_release>());
 
-  m.def("_shm_check_segment", &verify_peer_segment, py::call_guard<py::gil_scoped_release>(),
+  m.def("_shm_check_segment", &verify_peer_segment, py::arg("name"), py::arg("bytes"), py::call_guard<py::gil_scoped_release>(),
         "Checks a shared-memory segment as a peer's would be before mapping (tests).");
   m.def("host_identity", &host_identity, "This process's host identity (what decides which ranks share memory).");
 
-  // Kernels, exposed for tests and micro-benchmarks.
-  m.def("reduce_inplace", [](at::Tensor dst, const at::Tensor& src, int op, int threads) {
-    TORCH_CHECK(dst.is_contiguous() && src.is_contiguous() && dst.numel() == src.numel() &&
-                dst.scalar_type() == src.scalar_type() && dst.device().is_cpu() && src.device().is_cpu() &&
-                to_dtype(dst.scalar_type()));
-    py::gil_scoped_release nogil;
-    reduce_inplace(dst.data_ptr(), src.data_ptr(), dst.numel(), *to_dtype(dst.scalar_type()), static_cast<RedOp>(op),
-                   threads);
-  }, py::arg("dst"), py::arg("src"), py::arg("op"), py::arg("threads") = 1);
   // torch's own environment accessors (they hold torch's environment lock, so torch's threads
   // reading their settings never race a write) and the NCCL fault classification, for Python.
   m.def("_set_torch_env", [](const std::string& name, c10::optional<std::string> value) {
@@ -170,17 +194,6 @@ void bind(py::module& m) {
     return v ? c10::optional<std::string>(*v) : c10::nullopt;
   }, py::arg("name"));
   m.def("_nccl_fault_record", &nccl_fault_record, py::arg("work_result"), py::arg("rank"), py::arg("what"));
-  m.def("reduce_many", [](at::Tensor dst, const std::vector<at::Tensor>& srcs, int op, int divisor, int threads) {
-    std::vector<const void*> ptrs;
-    for (auto& s : srcs) {
-      TORCH_CHECK(s.is_contiguous() && s.numel() == dst.numel() && s.scalar_type() == dst.scalar_type() && s.device().is_cpu());
-      ptrs.push_back(s.data_ptr());
-    }
-    TORCH_CHECK(dst.is_contiguous() && !ptrs.empty() && to_dtype(dst.scalar_type()));
-    py::gil_scoped_release nogil;
-    reduce_many(dst.data_ptr(), ptrs.data(), static_cast<int>(ptrs.size()), dst.numel(), *to_dtype(dst.scalar_type()),
-                static_cast<RedOp>(op), divisor, threads);
-  }, py::arg("dst"), py::arg("srcs"), py::arg("op"), py::arg("divisor") = 1, py::arg("threads") = 1);
 }
 
 RegisterBindings reg(&bind);

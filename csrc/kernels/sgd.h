@@ -58,7 +58,7 @@ bool advise_huge_pages(void* ptr, size_t bytes);
 
 namespace detail {
 // Updates elements [begin, end) of one tensor. One implementation per instruction set;
-// sgd_cpu.cpp picks one at run time.
+// sgd.cpp picks one at run time.
 using SgdRangeFn = void (*)(const SgdTensor&, int64_t begin, int64_t end, const SgdParams&);
 extern const SgdRangeFn kSgdGeneric;
 extern const SgdRangeFn kSgdAvx2;

@@ -1,4 +1,4 @@
-// AVX2 + F16C + FMA build of the SGD kernel, chosen at run time by sgd_cpu.cpp.
+// AVX2 + F16C + FMA build of the SGD kernel, chosen at run time by sgd.cpp.
 #if defined(__x86_64__)
 #pragma GCC target("avx2,fma,f16c")
 #endif
