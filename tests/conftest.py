@@ -8,19 +8,27 @@ os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 from fastallreduce.launch import RankPool  # noqa: E402
 
-_pools: dict = {}
+_pools: dict = {}  # world size -> RankPool, least recently used first
+# Rank processes kept alive between tests: each holds torch (about 0.5 GB), and a pool of every
+# size from 1 to 8 at once came near 15 GB, enough to exhaust a 24 GB machine running anything
+# else. Least recently used pools are closed beyond this.
+MAX_LIVE_RANKS = 12
 
 
 @pytest.fixture(scope="session")
 def pool():
-    """pool(n) -> a RankPool of n ranks, shared by every test that asks for n (restarted if a test killed it)."""
+    """pool(n) -> a RankPool of n ranks, shared by every test that asks for n (restarted if a test
+    killed it; the least recently used pools closed when more than MAX_LIVE_RANKS ranks would live)."""
 
     def get(n: int) -> RankPool:
-        p = _pools.get(n)
+        p = _pools.pop(n, None)
         if p is None or not p.alive():
             if p is not None:
                 p.kill()
-            p = _pools[n] = RankPool(n)
+            while _pools and sum(_pools) + n > MAX_LIVE_RANKS:
+                _pools.pop(next(iter(_pools))).close()
+            p = RankPool(n)
+        _pools[n] = p  # most recently used last
         return p
 
     yield get
