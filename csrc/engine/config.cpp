@@ -51,18 +51,19 @@ std::string serialize(const CommConfig& c) {
   os << c.timeout_ms << ' ' << c.algo.chunk_bytes << ' ' << c.algo.window << ' ' << c.cost.alpha_us << ' '
      << c.cost.beta_gbps << ' ' << c.shm_slot_bytes << ' ' << c.shm.oneshot_bytes << ' ' << c.shm.chunk_bytes << ' '
      << (c.worker_idle ? 1 : 0) << ' ' << c.cost.shm_stage_us << ' ' << c.cost.shm_gbps << ' '
-     << c.hier_slot_bytes;
+     << c.hier_slot_bytes << ' ' << static_cast<int>(c.default_algo);
   return os.str();
 }
 
 CommConfig deserialize(const std::string& s) {
   std::istringstream is(s);
   CommConfig c;
-  int idle = 0;
+  int idle = 0, algo = 0;
   is >> c.timeout_ms >> c.algo.chunk_bytes >> c.algo.window >> c.cost.alpha_us >> c.cost.beta_gbps >>
       c.shm_slot_bytes >> c.shm.oneshot_bytes >> c.shm.chunk_bytes >> idle >> c.cost.shm_stage_us >> c.cost.shm_gbps >>
-      c.hier_slot_bytes;
+      c.hier_slot_bytes >> algo;
   c.worker_idle = idle != 0;
+  c.default_algo = static_cast<Algo>(algo);
   return c;
 }
 
@@ -84,6 +85,7 @@ CommConfig config_from_env(const ConfigOverrides& o) {
   c.shm.oneshot_bytes = static_cast<size_t>(env_knob(knobs::SHM_ONESHOT_BYTES, double(c.shm.oneshot_bytes)));
   c.shm.chunk_bytes = static_cast<size_t>(env_knob(knobs::SHM_CHUNK_BYTES, double(c.shm.chunk_bytes)));
   c.worker_idle = env_knob(knobs::WORKER_IDLE, 0) != 0;
+  if (o.default_algo) c.default_algo = *o.default_algo;
   // Slots are rounded up to pages; a one-shot message must fit one slot, with two ranks twice
   // the threshold (shm_allreduce), so the threshold is at most half a slot.
   const size_t slot = (c.shm_slot_bytes + 4095) & ~size_t(4095);

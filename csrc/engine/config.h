@@ -27,12 +27,16 @@ struct CommConfig {
   // Opt-in: run the async worker under SCHED_IDLE (see Communicator::worker_loop for why it is
   // off by default).
   bool worker_idle = false;
+  // The algorithm of calls that ask for none (the torch backend's FASTALLREDUCE_BACKEND_ALGORITHM):
+  // agreed like the rest, so that ranks whose variable differs still make the same choice.
+  Algo default_algo = Algo::kAuto;
 };
 
 // Values the constructor's caller sets explicitly (they win over the environment).
 struct ConfigOverrides {
   std::optional<int64_t> timeout_ms;
   std::optional<int64_t> chunk_bytes;
+  std::optional<Algo> default_algo;
   // An argument error the caller found on this rank: published like an invalid variable.
   std::string local_error;
 };
