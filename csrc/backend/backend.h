@@ -119,8 +119,7 @@ class FastAllreduceBackend : public c10d::Backend {
   c10::intrusive_ptr<c10d::Work> engine_run(Collective c, c10d::OpType type, const char* title, bool sync,
                                             std::vector<at::Tensor> outputs, std::function<void()> finish = {},
                                             bool count = true);
-  // Whether the engine takes a collective of `kind` on `t` with `op` (from what every rank
-  // shares: device, layout, dtype, op, topology; never contiguity).
+  // Whether the engine takes a collective of `kind` on `t` with `op`: its planner decides.
   bool engine_takes(Kind kind, const at::Tensor& t, const c10d::ReduceOp& op) const;
   using Delegate = std::function<c10::intrusive_ptr<c10d::Work>(c10d::Backend&)>;
   // Checks `d` across ranks on the engine, then runs `fn` on backend_for(d.device).
@@ -147,5 +146,10 @@ class FastAllreduceBackend : public c10d::Backend {
   std::mutex pending_mu_;
   std::vector<c10::weak_intrusive_ptr<c10d::Work>> pending_;
 };
+
+// The body of an entry point the engine does not run: its header (logical kind, op, root,
+// dtype, count) is checked across ranks on the engine first, then the delegate runs CALL on `b`.
+#define FAR_DELEGATE(KIND, OP, ROOT, DTYPE, COUNT, DEVICE, CALL) \
+  return run_delegated(Delegated{KIND, OP, ROOT, DTYPE, COUNT, DEVICE}, [&](c10d::Backend& b) { return CALL; })
 
 }  // namespace far

@@ -41,6 +41,8 @@ struct Call {
   RedOp op = RedOp::kSum;
   int root = 0;
   Algo algo = Algo::kAuto;  // the path: identical on every rank
+  // Across hosts, a gather-family call runs as one allreduce of its bytes: that allreduce's path.
+  Algo inner_algo = Algo::kAuto;
   at::Tensor in, out;
   at::Tensor copy_back;     // staged output: copied into this after the op (undefined: none)
   Header header;            // without seq and rank
