@@ -149,16 +149,16 @@ class Communicator(RegisteredBuffers):
     @overload
     def allreduce(self, tensor: torch.Tensor, op: Union[str, dist.ReduceOp] = ..., *,
                   out: Optional[torch.Tensor] = ..., async_op: Literal[False] = ...,
-                  algorithm: Optional[str] = ...) -> torch.Tensor: ...
+                  algorithm: Optional[str] = ..., account: bool = ...) -> torch.Tensor: ...
 
     @overload
     def allreduce(self, tensor: torch.Tensor, op: Union[str, dist.ReduceOp] = ..., *,
                   out: Optional[torch.Tensor] = ..., async_op: Literal[True],
-                  algorithm: Optional[str] = ...) -> "Future[torch.Tensor]": ...
+                  algorithm: Optional[str] = ..., account: bool = ...) -> "Future[torch.Tensor]": ...
 
     def allreduce(self, tensor: torch.Tensor, op: Union[str, dist.ReduceOp] = "sum", *,
                   out: Optional[torch.Tensor] = None, async_op: bool = False,
-                  algorithm: Optional[str] = None) -> Union[torch.Tensor, "Future[torch.Tensor]"]:
+                  algorithm: Optional[str] = None, account: bool = False) -> Union[torch.Tensor, "Future[torch.Tensor]"]:
         """Allreduce ``tensor`` across the group.
 
         Returns the result tensor (``tensor`` itself in place, or ``out``), or with
@@ -172,8 +172,12 @@ class Communicator(RegisteredBuffers):
 
         algorithm: one of :data:`ALGORITHMS` for this call instead of the communicator's own; every
         rank must pass the same (a difference is a :class:`MismatchError`).
+
+        account: count this call (CPU tensors) in :meth:`accounted`, the totals the DDP hook's
+        per-step statistics are taken from.
         """
-        return self._run(_C.Kind.allreduce, tensor, out, op, 0, self._algo if algorithm is None else algorithm, async_op)
+        return self._run(_C.Kind.allreduce, tensor, out, op, 0, self._algo if algorithm is None else algorithm, async_op,
+                         account)
 
     all_reduce = allreduce  # torch.distributed's spelling
 
@@ -224,7 +228,8 @@ class Communicator(RegisteredBuffers):
         """
         return self._run(_C.Kind.reduce_scatter, input, output, op, 0, self._algo, async_op)
 
-    def _run(self, kind: "_C.Kind", input: Any, output: Any, op: Any, root: Any, algo: Any, async_op: bool):
+    def _run(self, kind: "_C.Kind", input: Any, output: Any, op: Any, root: Any, algo: Any, async_op: bool,
+             account: bool = False):
         # The object the result is written into, given back as it was given (arrays.py).
         result = output if output is not None else input
         try:
@@ -237,12 +242,18 @@ class Communicator(RegisteredBuffers):
             self._c.reject(type(e) is TypeError, str(e))
             raise
         # The engine checks op, root and algorithm (rejecting the call on every rank if one is bad).
-        done = self._c.run(kind, input, output, op, root, algo, bool(async_op))
+        done = self._c.run(kind, input, output, op, root, algo, bool(async_op), account)
         if not from_array or isinstance(result, torch.Tensor):
             return done
         return ArrayFuture(done, result) if async_op else result
 
     # -- introspection -----------------------------------------------------------------
+    def accounted(self) -> tuple:
+        """Totals over the calls made with ``account=True`` since construction: (ops, bytes,
+        busy_ns: the sum of each call's time from submission to completion, bytes_copied_in,
+        last_done_ns: when the latest completed, on :func:`time.monotonic_ns`'s clock)."""
+        return self._c.accounted()
+
     def choose(self, nbytes: int) -> str:
         """The algorithm ``auto`` picks for a message of ``nbytes`` (same on every rank)."""
         return self._c.choose(nbytes)

@@ -467,3 +467,22 @@ def timeout_case_rank0(seconds: float = 2.0, call: str = "all_reduce") -> Option
         return {"type": type(e).__name__, "is_dist_error": isinstance(e, dist.DistBackendError),
                 "msg": str(e)[:300], "seconds": time.monotonic() - t0}
     return {"type": None}
+
+
+def backend_algorithm(value_on_rank1: str) -> tuple:
+    """A new fastallreduce-backend group with FASTALLREDUCE_BACKEND_ALGORITHM=``value_on_rank1`` on
+    rank 1 only (the others leave it unset): (exception name or "ok", its message, the sum)."""
+    import os
+
+    key = "FASTALLREDUCE_BACKEND_ALGORITHM"
+    if dist.get_rank() == 1:
+        os.environ[key] = value_on_rank1
+    try:
+        g = dist.new_group(backend="fastallreduce")
+        t = torch.ones(3)
+        dist.all_reduce(t, group=g)
+        return ("ok", "", t.tolist())
+    except Exception as e:  # noqa: BLE001 - the outcome is the result
+        return (type(e).__name__, str(e), None)
+    finally:
+        os.environ.pop(key, None)

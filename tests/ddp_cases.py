@@ -260,17 +260,44 @@ def train_copy(hook, how: str, steps: int = 4, fuse_copy: bool = False):
 class _Bucket:
     """What allreduce_hook reads of a dist.GradBucket."""
 
-    def __init__(self, buf: torch.Tensor) -> None:
-        self._buf = buf
+    def __init__(self, buf: torch.Tensor, index: int = 0, last: bool = True) -> None:
+        self._buf, self._index, self._last = buf, index, last
 
     def buffer(self) -> torch.Tensor:
         return self._buf
 
     def is_last(self) -> bool:
-        return True
+        return self._last
 
     def index(self) -> int:
-        return 0
+        return self._index
+
+
+def hook_returns_engine_future(steps: int = 3):
+    """The hook on CPU buckets returns the engine's own Future (no Python callback on the worker
+    thread), and the step statistics come from the engine's accounting. Returns (every returned
+    future the one comm.allreduce made, the last step's stats, the averaged values, steps)."""
+    state = far.ddp.HookState()
+    comm = state.comm
+    made = []
+    allreduce = comm.allreduce
+
+    def spy(*args, **kwargs):
+        made.append(allreduce(*args, **kwargs))
+        return made[-1]
+
+    comm.allreduce = spy
+    bufs = [torch.empty(1000 * (i + 1)) for i in range(3)]
+    same = True
+    for _ in range(steps):
+        for b in bufs:
+            b.fill_(float(dist.get_rank() + 1))
+        made.clear()
+        futs = [far.ddp.allreduce_hook(state, _Bucket(b, i, i == len(bufs) - 1)) for i, b in enumerate(bufs)]
+        same = same and len(made) == len(futs) and all(f is m for f, m in zip(futs, made))
+        for f in futs:
+            f.wait()
+    return same, state.stats(), sorted({float(x) for b in bufs for x in b.unique()}), state.steps
 
 
 def compressed_average(compression: str, algorithm: str, n: int = 4096):

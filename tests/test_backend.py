@@ -183,3 +183,15 @@ def test_torchrun_main_job_on_backend(tmp_path):
             assert r["oop"]["wrong"] == 0 and r["ip"]["wrong"] == 0, (name, r)
             assert len(r["ip"]["iter_times_us"]) == 2, (name, r)
     assert all(r["ip"]["time_vs_communicator"] > 0 for r in run["results"]["backend"])
+
+
+def test_backend_algorithm_variable():
+    # One rank's invalid FASTALLREDUCE_BACKEND_ALGORITHM fails every rank's group, naming it; a
+    # valid value that differs between ranks is agreed (rank 0's applies, as for every engine knob)
+    # instead of failing the first collective with a MismatchError.
+    with RankPool(2, backend="gloo", pg_timeout_s=60) as p:
+        bad = p.run(bc.backend_algorithm, "tree", timeout=120)
+        good = p.run(bc.backend_algorithm, "ring", timeout=120)
+    for name, msg, _ in bad:
+        assert name == "ValueError" and "FASTALLREDUCE_BACKEND_ALGORITHM='tree'" in msg, (name, msg)
+    assert [r[0] for r in good] == ["ok", "ok"] and good[0][2] == [2.0] * 3, good

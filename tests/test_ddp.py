@@ -170,3 +170,14 @@ def test_compression_divides_before_the_cast_unlike_torch(pool):
     for ours, theirs in pool(2).run(dc.cast_order_against_torch, timeout=TIMEOUT):
         assert torch.equal(ours, torch.full_like(ours, 30000.0))
         assert torch.isinf(theirs).all()
+
+
+def test_hook_returns_the_engines_future_and_engine_stats(pool):
+    # Issue 27 item 5: CPU buckets cost the hook no callback on the engine's worker thread; the
+    # step statistics are the engine's accounting of the step's calls.
+    for same, stats, values, steps in pool(2).run(dc.hook_returns_engine_future, timeout=120):
+        assert same, "the hook wrapped the engine's future"
+        assert values == [1.5]
+        assert steps == 3
+        assert stats["buckets"] == 3 and stats["bytes"] == 4 * (1000 + 2000 + 3000), stats
+        assert stats["bytes_copied_in"] == 0 and stats["comm_time_s"] > 0 and stats["exposed_s"] >= 0, stats

@@ -22,7 +22,7 @@ class FastAllreduceBackend : public c10d::Backend {
  public:
   // Collective over the `size` ranks of `store` (private to the group): makes the engine (its
   // own Gloo backend and store prefix) and the Gloo backend the other calls are delegated to.
-  // `algo` is the engine algorithm of every allreduce (kAuto: the cost model).
+  // `algo`: the engine algorithm of every allreduce (kAuto: the cost model), agreed across ranks.
   FastAllreduceBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                        std::chrono::milliseconds timeout, Algo algo, const BackendFactory& make_backend,
                        const std::string& local_error = "", BackendFactory make_nccl = {});
@@ -119,8 +119,7 @@ class FastAllreduceBackend : public c10d::Backend {
   c10::intrusive_ptr<c10d::Work> engine_run(Collective c, c10d::OpType type, const char* title, bool sync,
                                             std::vector<at::Tensor> outputs, std::function<void()> finish = {},
                                             bool count = true);
-  // Whether the engine takes a collective of `kind` on `t` with `op` (from what every rank
-  // shares: device, layout, dtype, op, topology; never contiguity).
+  // Whether the engine takes a collective of `kind` on `t` with `op`: its planner decides.
   bool engine_takes(Kind kind, const at::Tensor& t, const c10d::ReduceOp& op) const;
   using Delegate = std::function<c10::intrusive_ptr<c10d::Work>(c10d::Backend&)>;
   // Checks `d` across ranks on the engine, then runs `fn` on backend_for(d.device).
@@ -142,10 +141,14 @@ class FastAllreduceBackend : public c10d::Backend {
   std::shared_ptr<Communicator> engine_;
   c10::intrusive_ptr<c10d::Backend> gloo_;
   c10::intrusive_ptr<Options> options_;
-  Algo algo_;
   std::atomic<uint64_t> engine_ops_{0}, delegated_ops_{0};
   std::mutex pending_mu_;
   std::vector<c10::weak_intrusive_ptr<c10d::Work>> pending_;
 };
+
+// The body of an entry point the engine does not run: its header (logical kind, op, root,
+// dtype, count) is checked across ranks on the engine first, then the delegate runs CALL on `b`.
+#define FAR_DELEGATE(KIND, OP, ROOT, DTYPE, COUNT, DEVICE, CALL) \
+  return run_delegated(Delegated{KIND, OP, ROOT, DTYPE, COUNT, DEVICE}, [&](c10d::Backend& b) { return CALL; })
 
 }  // namespace far

@@ -19,6 +19,22 @@ namespace py = pybind11;
 namespace far {
 namespace {
 
+// A future that completes with `result` (a Python object, made here with the GIL held) when `fut`
+// does, or with its error: DDP reads a Python hook's result as a Python object, and this way the
+// engine's worker thread completes it from C++ alone, never taking the GIL.
+c10::intrusive_ptr<c10::ivalue::Future> completes_with(const c10::intrusive_ptr<c10::ivalue::Future>& fut,
+                                                       py::object result) {
+  auto out = c10::make_intrusive<c10::ivalue::Future>(c10::PyObjectType::get());
+  c10::IValue value = torch::jit::toIValue(result, c10::PyObjectType::get());
+  fut->addCallback([out, value](c10::ivalue::Future& f) mutable {
+    if (f.hasError())
+      out->setError(f.exception_ptr());
+    else  // CPU tensors: no storages to record events for (and none extracted, which takes the GIL)
+      out->markCompleted(std::move(value), std::vector<c10::ivalue::Future::WeakStorage>{});
+  });
+  return out;
+}
+
 py::dict config_dict(const CommConfig& c) {
   py::dict d;
   d["timeout_ms"] = c.timeout_ms;
@@ -109,9 +125,11 @@ void bind(py::module& m) {
       .def(
           "run",
           [](Communicator& c, Kind kind, const at::Tensor& input, const c10::optional<at::Tensor>& output,
-             const py::object& op, const py::object& root, const py::object& algo, bool async_op) -> py::object {
+             const py::object& op, const py::object& root, const py::object& algo, bool async_op,
+             bool account) -> py::object {
             Collective col;
             col.kind = kind;
+            col.account = account;
             try {
               col.op = op_argument(op);
               col.root = root_argument(root);
@@ -122,8 +140,13 @@ void bind(py::module& m) {
             }
             col.input = input;
             if (output) col.output = *output;
-            if (async_op)
-              return py::cast(std::make_shared<torch::jit::PythonFutureWrapper>(c.run_async(col)));
+            if (async_op) {
+              auto fut = c.run_async(col);
+              if (!col.input.device().is_cpu())  // NCCL's CUDA-aware future, as it is
+                return py::cast(std::make_shared<torch::jit::PythonFutureWrapper>(fut));
+              return py::cast(std::make_shared<torch::jit::PythonFutureWrapper>(
+                  completes_with(fut, py::cast(output ? *output : input))));
+            }
             at::Tensor result;
             {
               py::gil_scoped_release nogil;
@@ -132,7 +155,7 @@ void bind(py::module& m) {
             return py::cast(result);
           },
           py::arg("kind"), py::arg("input"), py::arg("output"), py::arg("op"), py::arg("root"), py::arg("algo"),
-          py::arg("async_op"))
+          py::arg("async_op"), py::arg("account") = false)
       .def(
           "reject",
           [](Communicator& c, bool is_type_error, const std::string& message) {
@@ -159,6 +182,14 @@ void bind(py::module& m) {
              return d;
            })
       .def("supports", &Communicator::supports, py::arg("algorithm"))
+      .def(
+          "accounted",
+          [](const Communicator& c) {
+            const auto t = c.accounted();
+            return py::make_tuple(t.ops, t.bytes, t.busy_ns, t.bytes_copied_in, t.last_done_ns);
+          },
+          "Totals over the calls run with account=True: (ops, bytes, busy_ns, bytes_copied_in, last_done_ns); "
+          "times on time.monotonic_ns's clock.")
       .def("choose", [](const Communicator& c, size_t bytes) { return std::string(algo_name(c.choose(bytes))); },
            py::arg("nbytes"))
       .def_property_readonly("last_algorithm", [](const Communicator& c) { return std::string(algo_name(c.last_algorithm())); })

@@ -21,6 +21,7 @@ struct Collective {
   // allreduce: undefined or `input` for in place; allgather: size x input elements;
   // reduce_scatter: input / size elements; broadcast: ignored (in place).
   at::Tensor output;
+  bool account = false;    // counted in the communicator's accounted totals (OpStats)
 };
 
 // A collective that another backend runs (the torch backend's Gloo). The engine only checks its
@@ -41,11 +42,15 @@ struct Call {
   RedOp op = RedOp::kSum;
   int root = 0;
   Algo algo = Algo::kAuto;  // the path: identical on every rank
+  // Across hosts, a gather-family call runs as one allreduce of its bytes: that allreduce's path.
+  Algo inner_algo = Algo::kAuto;
   at::Tensor in, out;
   at::Tensor copy_back;     // staged output: copied into this after the op (undefined: none)
   Header header;            // without seq and rank
   // CUDA: the caller's current stream at the call; the op is ordered after its queued work.
   std::optional<c10::Stream> stream;
+  bool account = false;
+  int64_t submitted_ns = 0;  // when the front door took it (accounted calls)
   // What the caller gets back: its own tensor when the output was staged.
   const at::Tensor& result() const { return copy_back.defined() ? copy_back : out; }
 };

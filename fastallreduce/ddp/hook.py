@@ -18,7 +18,7 @@ log = logging.getLogger("fastallreduce")
 
 _COMPRESSION = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Left out when a state is pickled: they belong to this process (see HookState.__getstate__).
-_PROCESS_LOCAL = ("_comm", "process_group", "_lock", "_comm_lock", "_wire", "_refused")
+_PROCESS_LOCAL = ("_comm", "process_group", "_lock", "_comm_lock", "_wire", "_refused", "_registered", "_mark")
 
 #: Why a bucket stays on the copying path (keys of ``HookState.zero_copy_fallbacks``).
 ZERO_COPY_FALLBACKS = {
@@ -72,7 +72,7 @@ class HookState:
         self.zero_copy = bool(zero_copy)
         self.zero_copy_fallbacks: Dict[str, int] = {}
         self._refused: set = set()  # buckets (device, address, size) that stay on the copying path
-        self._copied_mark = 0
+        self._registered: set = set()  # buckets (address, size) known to be in registered memory
         self._reset_step()
         self._last: Dict[str, float] = {"bytes": 0, "buckets": 0, "comm_time_s": 0.0, "exposed_s": 0.0,
                                         "bytes_copied_in": 0}
@@ -80,42 +80,52 @@ class HookState:
         self.buffer_syncs = 0  # buffer broadcasts run on this state's Communicator (register(buffers=True))
 
     def _reset_step(self) -> None:
-        self._bytes = 0
+        # The open step: the communicator's accounted totals when it began (None: no step open),
+        # its buckets and bytes, when its last bucket was handed over, and what CUDA buckets
+        # (which the engine does not account) reported from their callbacks.
+        self._mark: Optional[tuple] = None
         self._buckets = 0
-        self._comm_time = 0.0
-        self._pending = 0
-        self._last_call: Optional[float] = None
-        self._new_step = True
+        self._bytes = 0
+        self._last_call_ns: Optional[int] = None
+        self._cuda_done = 0
+        self._cuda_busy_ns = 0
+        self._cuda_last_ns = 0
 
-    def _started(self, nbytes: int, is_last: bool) -> float:
-        now = time.perf_counter()
+    def _begin(self, comm: Communicator, nbytes: int, first: bool, last: bool) -> None:
+        """Books a bucket handed to the hook (on the caller's thread, no engine call but at a
+        step's first bucket)."""
         with self._lock:
-            if self._new_step:
+            if first:  # DDP hands buckets over in index order: 0 opens a step
+                self._close_step(comm)
                 self._reset_step()
-                self._new_step = False
-                self._copied_mark = self._copied_in()
-            self._bytes += nbytes
+                self._mark = comm.accounted()
             self._buckets += 1
-            self._pending += 1
-            if is_last:
-                self._last_call = now
-        return now
+            self._bytes += nbytes
+            if last:
+                self._last_call_ns = time.monotonic_ns()
 
-    def _finished(self, t0: float) -> None:
-        now = time.perf_counter()
+    def _cuda_finished(self, t0_ns: int) -> None:
+        now = time.monotonic_ns()
         with self._lock:
-            self._comm_time += now - t0
-            self._pending -= 1
-            if self._pending == 0 and self._last_call is not None:
-                self._last = {"bytes": self._bytes, "buckets": self._buckets, "comm_time_s": self._comm_time,
-                              "exposed_s": max(0.0, now - self._last_call),
-                              "bytes_copied_in": self._copied_in() - self._copied_mark}
-                self.steps += 1
-                self._new_step = True
+            self._cuda_done += 1
+            self._cuda_busy_ns += now - t0_ns
+            self._cuda_last_ns = max(self._cuda_last_ns, now)
 
-    def _copied_in(self) -> int:
-        comm = self._comm
-        return comm.stats()["bytes_copied_in"] if comm is not None else 0
+    def _close_step(self, comm: Optional[Communicator]) -> None:
+        """The open step's statistics, once its last bucket was handed over and every bucket's
+        reduction completed (under ``_lock``)."""
+        if self._mark is None or self._last_call_ns is None or comm is None:
+            return
+        ops, nbytes, busy_ns, copied, last_done_ns = comm.accounted()
+        if ops - self._mark[0] + self._cuda_done < self._buckets:
+            return  # still in flight
+        done_ns = max(last_done_ns, self._cuda_last_ns)
+        self._last = {"bytes": self._bytes, "buckets": self._buckets,
+                      "comm_time_s": (busy_ns - self._mark[2] + self._cuda_busy_ns) / 1e9,
+                      "exposed_s": max(0, done_ns - self._last_call_ns) / 1e9,
+                      "bytes_copied_in": copied - self._mark[3]}
+        self.steps += 1
+        self._mark = None
 
     def _fallback(self, reason: str) -> None:
         self.zero_copy_fallbacks[reason] = self.zero_copy_fallbacks.get(reason, 0) + 1
@@ -124,6 +134,7 @@ class HookState:
         """Statistics of the last completed step: bytes, buckets, comm_time_s, exposed_s,
         bytes_copied_in."""
         with self._lock:
+            self._close_step(self._comm)
             return dict(self._last)
 
     @property
@@ -155,7 +166,7 @@ class HookState:
         self.__dict__.setdefault("zero_copy", True)
         self.__dict__.setdefault("zero_copy_fallbacks", {})
         self._refused = set()
-        self._copied_mark = 0
+        self._registered = set()
         self._reset_step()
         if not default_group:
             log.warning("fastallreduce: a copied HookState uses the default process group; set its "
@@ -175,19 +186,21 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     if buf.is_sparse:
         raise RuntimeError("fastallreduce.ddp.allreduce_hook does not support sparse gradients")
     comm = state.comm
+    cpu = buf.device.type == "cpu"
     if state.compression is None:
         _move_to_registered(state, comm, buf)
-    t0 = state._started(buf.numel() * buf.element_size(), bucket.is_last())
+    state._begin(comm, buf.numel() * buf.element_size(), bucket.index() == 0, bucket.is_last())
+    t0_ns = 0 if cpu else time.monotonic_ns()
     if state.compression is not None and buf.dtype != state.compression:
         # The wire copy is reused across steps; it is taken out while in flight, so a call that
         # finds none (first step, or the same bucket index twice at once) makes a new one.
         index = bucket.index()
         wire = state._wire.pop(index, None)
         if wire is None or wire.shape != buf.shape or wire.device != buf.device:
-            wire = (comm.empty(buf.shape, dtype=state.compression) if state.zero_copy and buf.device.type == "cpu"
+            wire = (comm.empty(buf.shape, dtype=state.compression) if state.zero_copy and cpu
                     else torch.empty(buf.shape, dtype=state.compression, device=buf.device))
         torch.div(buf, comm.size, out=wire)  # divided in the buffer's precision, rounded once
-        fut = comm.allreduce(wire, op="sum", async_op=True)
+        fut = comm.allreduce(wire, op="sum", async_op=True, account=True)
 
         def decompress(f: torch.futures.Future) -> torch.Tensor:
             try:
@@ -195,28 +208,37 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
                 state._wire[index] = wire
                 return buf
             finally:
-                state._finished(t0)
+                if not cpu:
+                    state._cuda_finished(t0_ns)
 
         return fut.then(decompress)
-    fut = comm.allreduce(buf, op="avg", async_op=True)
+    fut = comm.allreduce(buf, op="avg", async_op=True, account=True)
+    if cpu:
+        return fut  # the engine keeps the statistics: no callback on its worker thread
+    # The engine does not account CUDA ops (they complete on the GPU): timed by the callback.
 
     def done(f: torch.futures.Future) -> torch.Tensor:
         try:
             return f.value()
         finally:
-            state._finished(t0)
+            state._cuda_finished(t0_ns)
 
     return fut.then(done)
 
 
 def _move_to_registered(state: HookState, comm: Communicator, buf: torch.Tensor) -> None:
     """Moves a bucket into registered memory the first time the hook sees it (see the module
-    docstring); a bucket that cannot move is counted in ``state.zero_copy_fallbacks`` once."""
-    if comm.is_registered(buf):
+    docstring); a bucket that cannot move is counted in ``state.zero_copy_fallbacks`` once.
+    The decision is cached per bucket (its address and size): one engine call in its first step."""
+    ptr = buf.data_ptr()
+    if (ptr, buf.numel()) in state._registered:
         return
     refused = state._refused
-    key = (buf.device.type, buf.data_ptr(), buf.numel())
+    key = (buf.device.type, ptr, buf.numel())
     if key in refused:  # tried once: not again every step
+        return
+    if comm.is_registered(buf):
+        state._registered.add((ptr, buf.numel()))
         return
     reason = None
     if not state.zero_copy:

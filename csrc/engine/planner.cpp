@@ -1,6 +1,7 @@
-// The front door's checks: every argument error is an ArgError raised before anything is sent,
-// and the path depends only on what every rank shares (kind, dtype, op, count, root, device,
-// topology) -- never on contiguity: a tensor the kernels cannot take as it is gets staged.
+// The front door's checks and the path of every call (planner.h).
+#include "engine/planner.h"
+
+#include <algorithm>
 #include <optional>
 #include <string>
 
@@ -9,7 +10,6 @@
 
 #include "common/aten.h"
 #include "common/errors.h"
-#include "engine/communicator.h"
 
 namespace far {
 namespace {
@@ -29,17 +29,23 @@ void check_tensor(const at::Tensor& t, const char* what, bool cuda_ok) {
                           " in this build");
 }
 
+bool reduces(Kind k) { return k == Kind::kAllreduce || k == Kind::kReduceScatter; }
+
+// Why the kernels have no arithmetic for `op` on `dt` (nullopt: they have).
+std::optional<std::string> no_arithmetic(DType dt, RedOp op) {
+  if (op == RedOp::kAvg && !is_floating(dt))
+    return std::string("fastallreduce: op=avg needs a floating dtype, got ") + dtype_name(dt) +
+           " (integer division would silently truncate; use sum)";
+  if (dt == DType::kBool && op != RedOp::kMax && op != RedOp::kMin)
+    return std::string("fastallreduce: bool tensors support only op=max / op=min, got op=") + op_name(op);
+  return std::nullopt;
+}
+
 void check_dtype(const at::Tensor& t, Kind k, RedOp op) {
   const std::optional<DType> dt = to_dtype(t.scalar_type());
   if (!dt) throw type_error("fastallreduce: unsupported dtype " + str(t));
-  if (k == Kind::kAllreduce || k == Kind::kReduceScatter) {
-    if (op == RedOp::kAvg && !is_floating(*dt))
-      throw type_error(std::string("fastallreduce: op=avg needs a floating dtype, got ") + dtype_name(*dt) +
-                       " (integer division would silently truncate; use sum)");
-    if (*dt == DType::kBool && op != RedOp::kMax && op != RedOp::kMin)
-      throw type_error(std::string("fastallreduce: bool tensors support only op=max / op=min, got op=") +
-                       op_name(op));
-  }
+  if (!reduces(k)) return;
+  if (auto why = no_arithmetic(*dt, op)) throw type_error(*why);
 }
 
 // The bytes a view can touch, from its strides.
@@ -76,7 +82,12 @@ at::Tensor staged_input(const at::Tensor& t) {
 
 }  // namespace
 
-Call Communicator::prepare(const Collective& c) const {
+Planner::Planner(int rank, int size, const CommConfig& cfg, const Topology& topo, size_t slot_bytes, bool cuda_ok,
+                 const BufferRegistry* registry)
+    : rank_(rank), size_(size), cfg_(cfg), topo_(topo), shm_(wants_shm(topo)), cross_(wants_cross(topo)),
+      slot_bytes_(slot_bytes), cuda_ok_(cuda_ok), registry_(registry) {}
+
+Call Planner::prepare(const Collective& c) const {
   if (static_cast<int>(c.kind) >= kNumEngineKinds)
     throw value_error("fastallreduce: unknown collective code " + std::to_string(static_cast<int>(c.kind)));
   if (static_cast<int>(c.op) >= kNumOps)
@@ -84,8 +95,7 @@ Call Communicator::prepare(const Collective& c) const {
   if (static_cast<int>(c.algo) >= kNumUserAlgos)
     throw value_error("fastallreduce: unknown algorithm code " + std::to_string(static_cast<int>(c.algo)));
   const Kind k = c.kind;
-  const bool reducing = k == Kind::kAllreduce || k == Kind::kReduceScatter;
-  const RedOp op = reducing ? c.op : RedOp::kSum;  // gathers and broadcasts copy
+  const RedOp op = reduces(k) ? c.op : RedOp::kSum;  // gathers and broadcasts copy
   check_tensor(c.input, k == Kind::kBroadcast ? "broadcast" : "input", cuda_ok_);
   check_dtype(c.input, k, op);
   const bool in_place = k == Kind::kBroadcast || !c.output.defined() || c.output.is_same(c.input);
@@ -143,6 +153,7 @@ Call Communicator::prepare(const Collective& c) const {
   call.kind = k;
   call.op = op;
   call.root = k == Kind::kBroadcast ? c.root : 0;
+  call.account = c.account;
   call.in = staged_input(c.input);
   const at::Tensor& user_out = in_place ? c.input : c.output;
   if (plain(user_out)) {
@@ -165,6 +176,9 @@ Call Communicator::prepare(const Collective& c) const {
     call.algo = a;
   } else {
     call.algo = single_host() ? Algo::kShm : choose(static_cast<size_t>(in_n + out_n) * c.input.element_size());
+    // The allreduce the call runs as across hosts: of the whole output for allgather, else of the input.
+    if (!single_host())
+      call.inner_algo = choose(static_cast<size_t>(k == Kind::kAllgather ? out_n : in_n) * c.input.element_size());
   }
   Header& h = call.header;
   h.kind = static_cast<uint8_t>(k);
@@ -176,6 +190,69 @@ Call Communicator::prepare(const Collective& c) const {
   h.algo = static_cast<uint8_t>(call.algo);
   mark_registered(call);
   return call;
+}
+
+Call Planner::delegated(const Delegated& d) {
+  Call call;
+  call.kind = d.kind;
+  call.op = d.op;
+  call.root = d.root;
+  call.algo = Algo::kDelegate;
+  call.header.kind = static_cast<uint8_t>(d.kind);
+  call.header.op = static_cast<uint8_t>(d.op);
+  call.header.root = static_cast<uint32_t>(d.root);
+  call.header.dtype = static_cast<uint8_t>(d.dtype);
+  call.header.count = static_cast<uint64_t>(std::max<int64_t>(0, d.count));
+  call.header.algo = static_cast<uint8_t>(Algo::kDelegate);
+  call.header.device = static_cast<uint8_t>(d.device);
+  return call;
+}
+
+bool Planner::takes(Kind kind, const at::Tensor& t, std::optional<RedOp> op) const {
+  const std::optional<DType> dt = t.defined() ? to_dtype(t.scalar_type()) : std::nullopt;
+  if (!dt || !t.device().is_cpu() || t.layout() != at::kStrided) return false;
+  // Reductions the kernels have no arithmetic for keep the delegate's behaviour (and errors).
+  if (reduces(kind) && (!op || no_arithmetic(*dt, *op))) return false;
+  return kind == Kind::kAllreduce || single_host();
+}
+
+bool Planner::supports(Algo a) const {
+  switch (a) {
+    case Algo::kShm: return single_host();
+    case Algo::kDelegate:
+    case Algo::kNccl: return false;  // chosen by the engine, never requested
+    default: return true;  // hierarchical runs flat where it cannot run hierarchically
+  }
+}
+
+Algo Planner::choose(size_t bytes) const {
+  if (shm_ && topo_.num_hosts == 1) return Algo::kShm;
+  const Algo flat = choose_flat(bytes);
+  if (shm_ && topo_.uniform && cross_) {
+    // Hierarchical: per slot-sized chunk the shared-memory stages plus the cross-host allreduce
+    // of each local rank's 1/L share among the H hosts (a swap between two); flat: every byte
+    // among all ranks. Every term comes from constants agreed at construction, so every rank
+    // decides alike.
+    const int l = static_cast<int>(topo_.local.group_ranks.size());
+    const double hier = cfg_.cost.hier_us(bytes, topo_.num_hosts, l, slot_bytes_);
+    if (hier <= std::min(cfg_.cost.hd_us(bytes, size_), cfg_.cost.ring_us(bytes, size_))) return Algo::kHierarchical;
+  }
+  return flat;
+}
+
+Algo Planner::choose_flat(size_t bytes) const {
+  return cfg_.cost.hd_us(bytes, size_) <= cfg_.cost.ring_us(bytes, size_) ? Algo::kHalvingDoubling : Algo::kRing;
+}
+
+void Planner::mark_registered(Call& c) const {
+  // In place on the caller's own tensor, on a path that runs in shared memory.
+  if (!registry_ || c.kind != Kind::kAllreduce || !on_shm(c.algo) || c.copy_back.defined() ||
+      !c.out.is_same(c.in) || c.in.numel() == 0)
+    return;
+  const auto found = registry_->find(c.in.data_ptr(), static_cast<size_t>(c.in.numel()) * c.in.element_size());
+  if (!found) return;
+  c.header.reg = found->first;
+  c.header.reg_offset = found->second;
 }
 
 }  // namespace far

@@ -1,11 +1,8 @@
-// Registered buffers: tensors in memory the shared-memory collectives read in place on every
-// local rank (transport/shm_registry.h), made new or moved there, and the statistics that show
-// whether a call copied.
-#include <ATen/ATen.h>
+#include "engine/buffer_registry.h"
 
 #include <cstring>
 
-#include "engine/communicator.h"
+#include "common/errors.h"
 
 namespace far {
 namespace {
@@ -19,8 +16,10 @@ c10::DataPtr data_ptr_of(std::unique_ptr<ShmRegistry::Registration> r) {
 
 }  // namespace
 
-at::Tensor Communicator::empty(at::IntArrayRef sizes, at::ScalarType dtype) {
-  check_usable();
+BufferRegistry::BufferRegistry(ShmGroup* group, const std::string& tag)
+    : registry_(group ? std::make_shared<ShmRegistry>(group, tag) : nullptr) {}
+
+at::Tensor BufferRegistry::empty(at::IntArrayRef sizes, at::ScalarType dtype) {
   const auto opts = at::TensorOptions().dtype(dtype).device(at::kCPU);
   int64_t numel = 1;
   for (int64_t s : sizes) {
@@ -35,8 +34,7 @@ at::Tensor Communicator::empty(at::IntArrayRef sizes, at::ScalarType dtype) {
   return at::empty({0}, opts).set_(storage, 0, sizes);
 }
 
-bool Communicator::register_storage(const at::Tensor& t) {
-  check_usable();
+bool BufferRegistry::register_storage(const at::Tensor& t) {
   if (!registry_ || !t.defined() || !t.device().is_cpu() || t.layout() != at::kStrided || !t.has_storage())
     return false;
   c10::StorageImpl* impl = t.storage().unsafeGetStorageImpl();
@@ -50,25 +48,22 @@ bool Communicator::register_storage(const at::Tensor& t) {
   return true;
 }
 
-bool Communicator::is_registered(const at::Tensor& t) const {
+bool BufferRegistry::is_registered(const at::Tensor& t) const {
   return registry_ && t.defined() && t.device().is_cpu() && t.has_storage() && t.numel() > 0 &&
-         registry_->find(t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size()).has_value();
+         find(t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size()).has_value();
 }
 
-Communicator::Stats Communicator::stats() const {
-  return Stats{shm_stats_.bytes_copied_in.load(), shm_stats_.copying_calls.load(), shm_stats_.zero_copy_calls.load(),
-               registry_ ? registry_->count() : 0};
+std::optional<std::pair<uint32_t, uint64_t>> BufferRegistry::find(const void* p, size_t bytes) const {
+  if (!registry_) return std::nullopt;
+  return registry_->find(p, bytes);
 }
 
-void Communicator::mark_registered(Call& c) const {
-  // In place on the caller's own tensor, on a path that runs in shared memory.
-  if (!registry_ || c.kind != Kind::kAllreduce || !on_shm(c.algo) || c.copy_back.defined() ||
-      !c.out.is_same(c.in) || c.in.numel() == 0)
-    return;
-  const auto found = registry_->find(c.in.data_ptr(), static_cast<size_t>(c.in.numel()) * c.in.element_size());
-  if (!found) return;
-  c.header.reg = found->first;
-  c.header.reg_offset = found->second;
+void BufferRegistry::unlink_all() {
+  if (registry_) registry_->unlink_all();
+}
+
+void BufferRegistry::detach() {
+  if (registry_) registry_->detach();
 }
 
 }  // namespace far
