@@ -9,7 +9,7 @@
 namespace far {
 namespace {
 
-constexpr const char* kTag = "far1";
+constexpr const char* kRecordTag = "far1";
 // Names on the wire. The first three are also the transport's kinds ("fault" is its error).
 constexpr std::array<const char*, kNumFaultKinds> kNames = {"mismatch", "timeout", "fault",
                                                             "aborted", "store_lost", "rejected"};
@@ -53,7 +53,7 @@ Fault Fault::of(const CommError& e, int rank, uint64_t seq) {
 
 std::string Fault::encode() const {
   // seq as a signed number: kNoSeq is then "-1", like kNoRank.
-  return std::string(kTag) + "|" + fault_kind_name(kind) + "|" + std::to_string(rank) + "|" +
+  return std::string(kRecordTag) + "|" + fault_kind_name(kind) + "|" + std::to_string(rank) + "|" +
          std::to_string(static_cast<int64_t>(seq)) + "|" + message;
 }
 
@@ -61,7 +61,7 @@ Fault Fault::decode(const std::string& record) {
   size_t pos = 0;
   std::string tag, kind, rank, seq;
   Fault f;
-  if (field(record, pos, &tag) && tag == kTag && field(record, pos, &kind) && field(record, pos, &rank) &&
+  if (field(record, pos, &tag) && tag == kRecordTag && field(record, pos, &kind) && field(record, pos, &rank) &&
       field(record, pos, &seq)) {
     const auto k = kind_named(kind);
     int64_t s = 0;
