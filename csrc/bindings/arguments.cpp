@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "backend/c10d_adapt.h"
 #include "common/errors.h"
 
 namespace py = pybind11;
@@ -25,17 +26,6 @@ std::string type_name(const py::handle& h) { return py::str(h.get_type().attr("_
 
 bool is_int(const py::handle& h) { return py::isinstance<py::int_>(h) && !py::isinstance<py::bool_>(h); }
 
-std::optional<RedOp> from_c10d(c10d::ReduceOp::RedOpType t) {
-  switch (t) {
-    case c10d::ReduceOp::SUM: return RedOp::kSum;
-    case c10d::ReduceOp::AVG: return RedOp::kAvg;
-    case c10d::ReduceOp::PRODUCT: return RedOp::kProduct;
-    case c10d::ReduceOp::MAX: return RedOp::kMax;
-    case c10d::ReduceOp::MIN: return RedOp::kMin;
-    default: return std::nullopt;
-  }
-}
-
 }  // namespace
 
 RedOp op_argument(const py::handle& op) {
@@ -48,10 +38,10 @@ RedOp op_argument(const py::handle& op) {
   } else {
     std::optional<RedOp> r;
     try {  // torch's ReduceOp.SUM etc. are RedOpType values; ReduceOp instances convert to theirs
-      r = from_c10d(op.cast<c10d::ReduceOp::RedOpType>());
+      r = to_redop(c10d::ReduceOp(op.cast<c10d::ReduceOp::RedOpType>()));
     } catch (const py::cast_error&) {
       try {
-        r = from_c10d(op.cast<c10d::ReduceOp>().op_);
+        r = to_redop(op.cast<c10d::ReduceOp>());
       } catch (const py::cast_error&) {
       }
     }
